@@ -1,0 +1,63 @@
+"""InfluxDB 1.x sink: HTTP POST /write with line protocol, precision ns."""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import httpx
+
+from collector.config import Influx1Sink as Influx1Config
+from collector.sinks import SinkUnavailable, WriteResult
+
+_DROPPED = re.compile(r"dropped=(\d+)")
+
+
+class Influx1Sink:
+    def __init__(self, cfg: Influx1Config) -> None:
+        self.cfg = cfg
+        auth = (cfg.username, cfg.password or "") if cfg.username else None
+        self._http = httpx.AsyncClient(base_url=cfg.url, timeout=cfg.timeout_s, auth=auth)
+        self._params = {"db": cfg.database, "precision": "ns"}
+        if cfg.retention_policy:
+            self._params["rp"] = cfg.retention_policy
+
+    async def write(self, lines: str, count: int) -> WriteResult:
+        body = lines.encode()
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.cfg.gzip:
+            body = gzip.compress(body, 1)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            r = await self._http.post("/write", params=self._params, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SinkUnavailable(f"InfluxDB at {self.cfg.url} unreachable: {exc!r}") from None
+        if r.status_code == 204:
+            return WriteResult(count)
+        text = r.text.strip()
+        if r.status_code == 400 and "partial write" in text:
+            m = _DROPPED.search(text)
+            dropped = int(m.group(1)) if m else 1
+            return WriteResult(max(0, count - dropped), dropped, text[:500])
+        if r.status_code == 404 and "database not found" in text:
+            raise SinkUnavailable(f"InfluxDB database {self.cfg.database!r} does not exist; "
+                                  "run `poplar-collector init-db`")
+        if r.status_code == 400:
+            # The whole body was refused (e.g. a type conflict on every point): retrying won't help.
+            return WriteResult(0, count, text[:500])
+        raise SinkUnavailable(f"InfluxDB answered {r.status_code}: {text[:300]}")
+
+    async def query(self, q: str, epoch: str = "ns") -> dict:
+        r = await self._http.get("/query", params={"db": self.cfg.database, "q": q, "epoch": epoch})
+        r.raise_for_status()
+        return r.json()
+
+    async def ping(self) -> bool:
+        try:
+            r = await self._http.get("/ping")
+            return r.status_code == 204
+        except httpx.HTTPError:
+            return False
+
+    async def close(self) -> None:
+        await self._http.aclose()

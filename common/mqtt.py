@@ -1,0 +1,253 @@
+"""A small asyncio layer over paho-mqtt 2.x, used by the edge, the collector and the simulators.
+
+paho runs its network loop in its own thread (loop_start) and reconnects by itself; this module
+hands messages to the asyncio loop in bulk and turns PUBACKs into awaitable futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+
+from common.aio import wait_event
+from paho.mqtt.enums import CallbackAPIVersion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> "MqttUrl":
+        """mqtt://[user[:password]@]host[:port] or mqtts://... ValueError with a plain message."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+        if not parts.hostname:
+            raise ValueError("the URL has no host name (expected mqtt://HOST:PORT)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls,
+                   unquote(parts.username) if parts.username else None,
+                   unquote(parts.password) if parts.password else None)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+Message = paho.MQTTMessage
+
+
+class AsyncMqtt:
+    """One MQTT connection. Call `start()`, then publish/subscribe; `stop()` to disconnect.
+
+    persistent=True asks the broker for a persistent session (clean_session=False), so QoS 1
+    messages published while we were away are kept for us. manual_ack=True means the broker is
+    only told a message was received when `ack(msg)` is called.
+    """
+
+    def __init__(self, url: MqttUrl, client_id: str, *, persistent: bool = False,
+                 manual_ack: bool = False, username: str | None = None, password: str | None = None,
+                 tls: TlsFiles | None = None, will: tuple[str, bytes, bool] | None = None,
+                 max_inflight: int = 100, keepalive: int = 30) -> None:
+        self.url = url
+        self.client_id = client_id
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   clean_session=not persistent, protocol=paho.MQTTv311,
+                                   manual_ack=manual_ack)
+        user = username or url.username
+        if user:
+            self._client.username_pw_set(user, password or url.password)
+        if url.tls or (tls and (tls.ca_file or tls.cert_file)):
+            t = tls or TlsFiles()
+            self._client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
+                                 cert_reqs=ssl.CERT_NONE if t.insecure else ssl.CERT_REQUIRED)
+            if t.insecure:
+                self._client.tls_insecure_set(True)
+        if will:
+            self._client.will_set(will[0], will[1], qos=1, retain=will[2])
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(1, 30)
+        self._keepalive = keepalive
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subs: dict[str, int] = {}
+        self._handler: Callable[[list[Message]], None] | None = None
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._drain_scheduled = False
+        self._lock = threading.Lock()
+        self._pub_futures: dict[int, asyncio.Future] = {}
+        self._early_mids: set[int] = set()
+        self._sub_futures: dict[int, asyncio.Future] = {}
+        self.connected = asyncio.Event()
+        self.last_error: str = ""
+        self.on_connection_change: Callable[[bool], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self, wait: float | None = 10.0) -> bool:
+        """Connect in the background. Waits up to `wait` s for the first connection; returns
+        whether it is connected. paho keeps retrying after that, so a broker that is down at
+        start is not fatal."""
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive)
+        self._client.loop_start()
+        if wait:
+            await wait_event(self.connected, wait)
+        return self.connected.is_set()
+
+    async def stop(self) -> None:
+        try:
+            self._client.disconnect()
+        except Exception:  # already gone
+            pass
+        await asyncio.to_thread(self._client.loop_stop)
+        self.connected.clear()
+
+    def on_messages(self, handler: Callable[[list[Message]], None]) -> None:
+        """handler(messages) runs in the asyncio loop with every message that arrived since the
+        last call, in arrival order."""
+        self._handler = handler
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.warning("MQTT %s: %s", self.url, self.last_error)
+            return
+        self.last_error = ""
+        for topic, qos in self._subs.items():
+            client.subscribe(topic, qos)
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._set_connected, True)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure or reason_code.value != 0:
+            self.last_error = f"connection lost: {reason_code}"
+        if self._loop and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._set_connected, False)
+
+    def _set_connected(self, up: bool) -> None:
+        (self.connected.set if up else self.connected.clear)()
+        if self.on_connection_change:
+            self.on_connection_change(up)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self._inbox.append(msg)
+        if not self._drain_scheduled and self._loop:
+            self._drain_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        batch = []
+        while self._inbox:
+            batch.append(self._inbox.popleft())
+        if batch and self._handler:
+            self._handler(batch)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            fut = self._pub_futures.pop(mid, None)
+            if fut is None:
+                self._early_mids.add(mid)
+        if fut is not None and self._loop:
+            self._loop.call_soon_threadsafe(_resolve, fut, True)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._lock:
+            fut = self._sub_futures.pop(mid, None)
+        if fut is not None and self._loop:
+            ok = all(not rc.is_failure for rc in reason_codes)
+            self._loop.call_soon_threadsafe(_resolve, fut, ok)
+
+    # -- operations --------------------------------------------------------------------------
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> asyncio.Future:
+        """Queue a message; the returned future resolves when the broker acknowledged it
+        (QoS 1) or it was written to the socket (QoS 0)."""
+        assert self._loop is not None, "start() first"
+        fut = self._loop.create_future()
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            fut.set_exception(ConnectionError(f"publish failed: {paho.error_string(info.rc)}"))
+            return fut
+        with self._lock:
+            if info.mid in self._early_mids:
+                self._early_mids.discard(info.mid)
+                fut.set_result(True)
+            else:
+                self._pub_futures[info.mid] = fut
+        return fut
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                      timeout: float | None = None) -> None:
+        fut = self.publish_nowait(topic, payload, qos, retain)
+        if timeout:
+            async with asyncio.timeout(timeout):
+                await fut
+        else:
+            await fut
+
+    async def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> None:
+        self._subs[topic] = qos
+        if not self.connected.is_set():
+            return  # subscribed in _on_connect
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        with self._lock:
+            rc, mid = self._client.subscribe(topic, qos)
+            if rc == paho.MQTT_ERR_SUCCESS:
+                self._sub_futures[mid] = fut
+        if rc != paho.MQTT_ERR_SUCCESS:
+            return  # will be retried in _on_connect
+        async with asyncio.timeout(timeout):
+            ok = await fut
+        if not ok:
+            raise PermissionError(f"the broker refused the subscription to {topic!r} (check its ACL)")
+
+    def ack(self, msg: Message) -> None:
+        """Acknowledge a message received with manual_ack=True."""
+        self._client.ack(msg.mid, msg.qos)
+
+    def forget_pending(self) -> None:
+        """Fail every publish future still waiting (used on shutdown)."""
+        with self._lock:
+            futs = list(self._pub_futures.values())
+            self._pub_futures.clear()
+        for f in futs:
+            if not f.done():
+                f.cancel()
+
+
+def _resolve(fut: asyncio.Future, value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -1,0 +1,1 @@
+"""The pure Modbus layer: device profiles, value decoding and request planning (no network I/O)."""

@@ -1,0 +1,313 @@
+"""The outbox: every point the edge accepted, kept in SQLite (WAL) until the collector acks it.
+
+- Writes are group-committed: callers await `put()`, which returns once their points are on disk
+  (synchronous=FULL, so a power cut after the return loses nothing).
+- The uplink `claim()`s the oldest unclaimed rows as a batch (a contiguous id range) and
+  `complete()`s it when the collector acks; an unacked claim stays claimed and is resent.
+- A size cap: when full, the oldest points of the lowest priority go first (health, then
+  telemetry; events and alarms last), never a point that is in flight; drops are counted by class.
+- On open, a damaged database is moved aside and a new one started, instead of a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+
+from common.aio import wait_event
+from common.points import Point, Priority
+from common.wire import point_json
+
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD = 40  # bytes per row beyond the body: id, class, time, index entry (approximate)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prio INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS points_by_prio ON points (prio, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass
+class Claim:
+    """A contiguous id range of rows handed to the uplink as one batch."""
+
+    lo: int
+    hi: int
+    bodies: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.bodies)
+
+
+@dataclass
+class OutboxStats:
+    rows: int
+    bytes: int
+    oldest_ns: int | None
+    by_class: dict[str, int]
+    dropped: dict[str, int]
+    in_flight: int
+    max_bytes: int
+    recovered_from_damage: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "bytes": self.bytes, "oldest_ns": self.oldest_ns,
+                "by_class": self.by_class, "dropped": self.dropped, "in_flight": self.in_flight,
+                "max_bytes": self.max_bytes, "recovered_from_damage": self.recovered_from_damage}
+
+
+def _check_or_move_aside(path: Path) -> str | None:
+    """Open the file once synchronously; if SQLite says it is damaged, rename it and return why."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(path)
+        try:
+            row = db.execute("PRAGMA quick_check").fetchone()
+        finally:
+            db.close()
+        if row and row[0] == "ok":
+            return None
+        reason = f"integrity check failed: {row[0] if row else 'no answer'}"
+    except sqlite3.DatabaseError as exc:
+        reason = str(exc)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            p.rename(Path(f"{path}.damaged-{stamp}{suffix}"))
+    return reason
+
+
+class Outbox:
+    def __init__(self, path: str | Path, max_bytes: int = 2 * 1024**3, commit_interval_s: float = 0.05,
+                 max_commit_points: int = 20_000) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.commit_interval_s = commit_interval_s
+        self.max_commit_points = max_commit_points
+        self._db: aiosqlite.Connection | None = None
+        self._pending: list[tuple[list[tuple], asyncio.Future]] = []
+        self._pending_n = 0
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+        self._closing = False
+        self._bytes = 0
+        self._rows = 0
+        self._cursor = 0  # claims start after this id
+        self._claims: dict[int, Claim] = {}  # by lo
+        self.dropped: dict[str, int] = {p.name.lower(): 0 for p in Priority}
+        self.damage: str | None = None
+        self.committed_total = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.damage = _check_or_move_aside(self.path)
+        if self.damage:
+            log.error("outbox %s was damaged (%s); it was moved aside and a new outbox started. "
+                      "Points in the damaged file were not forwarded; keep the file for recovery.",
+                      self.path, self.damage)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.executescript(_SCHEMA)
+        async with self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM points") as cur:
+            self._rows, self._bytes = await cur.fetchone()
+        async with self._db.execute("SELECT name, value FROM counters") as cur:
+            for name, value in await cur.fetchall():
+                if name.startswith("dropped_"):
+                    self.dropped[name[len("dropped_"):]] = value
+        self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
+
+    async def close(self) -> None:
+        if self._writer:
+            self._closing = True
+            self._wake.set()
+            await self._writer
+            self._writer = None
+        if self._db:
+            await self._db.close()
+            self._db = None
+
+    # -- writing ---------------------------------------------------------------------------
+    def put_nowait(self, points: list[Point]) -> asyncio.Future:
+        """Queue points; the future resolves once they are committed to disk."""
+        fut = asyncio.get_running_loop().create_future()
+        rows = []
+        for p in points:
+            body = point_json(p)
+            rows.append((int(p.priority), p.time_ns, len(body.encode()) + ROW_OVERHEAD, body))
+        self._pending.append((rows, fut))
+        self._pending_n += len(rows)
+        if self._pending_n >= self.max_commit_points:
+            self._wake.set()
+        return fut
+
+    async def put(self, points: list[Point]) -> None:
+        if points:
+            await self.put_nowait(points)
+
+    async def _write_loop(self) -> None:
+        while not self._closing:
+            await wait_event(self._wake, self.commit_interval_s)
+            self._wake.clear()
+            if self._pending:
+                await self._flush_all()
+        await self._flush_all()
+
+    async def _flush_all(self) -> None:
+        while self._pending:
+            batch, self._pending, self._pending_n = self._pending, [], 0
+            rows = [r for rs, _ in batch for r in rs]
+            try:
+                await self._commit(rows)
+            except Exception as exc:  # disk full, I/O error: callers must not ack their sources
+                log.error("outbox: cannot write %d points to %s: %s", len(rows), self.path, exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(OSError(f"outbox write failed: {exc}"))
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _commit(self, rows: list[tuple]) -> None:
+        assert self._db is not None
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany("INSERT INTO points (prio, ts, bytes, body) VALUES (?, ?, ?, ?)", rows)
+            added = sum(r[2] for r in rows)
+            self._bytes += added
+            self._rows += len(rows)
+            if self._bytes > self.max_bytes:
+                await self._enforce_cap()
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            async with self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM points") as cur:
+                self._rows, self._bytes = await cur.fetchone()
+            raise
+        self.committed_total += len(rows)
+
+    async def _enforce_cap(self) -> None:
+        """Drop oldest rows of the lowest priority until under the cap (inside the open transaction)."""
+        assert self._db is not None
+        excl = " ".join(f"AND id NOT BETWEEN {c.lo} AND {c.hi}" for c in self._claims.values())
+        for prio in sorted(Priority):
+            while self._bytes > self.max_bytes:
+                need = self._bytes - self.max_bytes
+                async with self._db.execute(
+                    f"SELECT id, bytes FROM points WHERE prio = ? {excl} ORDER BY id LIMIT 2000", (int(prio),)
+                ) as cur:
+                    rows = await cur.fetchall()
+                if not rows:
+                    break
+                take, freed = [], 0
+                for rid, b in rows:
+                    take.append(rid)
+                    freed += b
+                    if freed >= need:
+                        break
+                await self._db.executemany("DELETE FROM points WHERE id = ?", [(i,) for i in take])
+                self._bytes -= freed
+                self._rows -= len(take)
+                name = prio.name.lower()
+                self.dropped[name] += len(take)
+                await self._db.execute(
+                    "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (f"dropped_{name}", self.dropped[name]))
+                log.warning("outbox full (%d bytes cap): dropped %d oldest %s points", self.max_bytes, len(take), name)
+            if self._bytes <= self.max_bytes:
+                break
+
+    # -- reading for the uplink -------------------------------------------------------------
+    async def claim(self, max_points: int) -> Claim | None:
+        """The oldest unclaimed rows (up to max_points) as one batch, or None if there are none."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT id, body FROM points WHERE id > ? ORDER BY id LIMIT ?", (self._cursor, max_points)
+        ) as cur:
+            rows = await cur.fetchall()
+        if not rows:
+            return None
+        claim = Claim(rows[0][0], rows[-1][0], [r[1] for r in rows])
+        self._cursor = claim.hi
+        self._claims[claim.lo] = claim
+        return claim
+
+    async def complete(self, claim: Claim) -> None:
+        """The collector acked this batch: delete it."""
+        assert self._db is not None
+        if self._claims.pop(claim.lo, None) is None:
+            return  # a duplicate or late ack
+        await self._db.execute("BEGIN IMMEDIATE")
+        async with self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM points WHERE id BETWEEN ? AND ?",
+                                    (claim.lo, claim.hi)) as cur:
+            n, b = await cur.fetchone()
+        await self._db.execute("DELETE FROM points WHERE id BETWEEN ? AND ?", (claim.lo, claim.hi))
+        await self._db.execute("COMMIT")
+        self._rows -= n
+        self._bytes -= b
+
+    def release_all(self) -> None:
+        """Forget every claim (e.g. the uplink restarted): everything unacked is claimed anew."""
+        self._claims.clear()
+        self._cursor = 0
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.count for c in self._claims.values())
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    async def stats(self) -> OutboxStats:
+        assert self._db is not None
+        by_class = {p.name.lower(): 0 for p in Priority}
+        async with self._db.execute("SELECT prio, count(*) FROM points GROUP BY prio") as cur:
+            for prio, n in await cur.fetchall():
+                by_class[Priority(prio).name.lower()] = n
+        async with self._db.execute("SELECT min(ts) FROM points") as cur:
+            (oldest,) = await cur.fetchone()
+        return OutboxStats(self._rows, self._bytes, oldest, by_class, dict(self.dropped), self.in_flight,
+                           self.max_bytes, bool(self.damage))
+
+
+def read_stats_offline(path: str | Path) -> dict:
+    """Outbox figures read straight from the file (for `poplar-edge status` while the agent runs)."""
+    path = Path(path)
+    if not path.exists():
+        return {"rows": 0, "bytes": 0, "oldest_ns": None, "by_class": {}, "dropped": {}}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows, size, oldest = db.execute("SELECT count(*), coalesce(sum(bytes),0), min(ts) FROM points").fetchone()
+        by_class = {Priority(p).name.lower(): n for p, n in db.execute("SELECT prio, count(*) FROM points GROUP BY prio")}
+        dropped = {name[len("dropped_"):]: v for name, v in db.execute("SELECT name, value FROM counters")
+                   if name.startswith("dropped_")}
+    finally:
+        db.close()
+    return {"rows": rows, "bytes": size, "oldest_ns": oldest, "by_class": by_class, "dropped": dropped,
+            "file_bytes": os.path.getsize(path)}

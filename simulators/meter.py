@@ -1,0 +1,231 @@
+"""Simulated electricity meters served over Modbus TCP, from any Modbus device profile.
+
+Values are plausible and change: a residential daily load curve per unit (simulators/households.py),
+about 220 V and 50 Hz, energy that only grows. The model's quirks are enforced as the real meter
+would (odd address or count, too many registers: exception 2), and faults can be injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import struct
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from simulators.households import Household
+
+log = logging.getLogger(__name__)
+
+ILLEGAL_FUNCTION = 1
+ILLEGAL_ADDRESS = 2
+ILLEGAL_VALUE = 3
+DEVICE_FAILURE = 4
+
+
+class ModbusError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Faults:
+    timeout_rate: float = 0.0      # share of requests never answered
+    exception_rate: float = 0.0    # share answered with exception 4 (device failure)
+    dead_units: set[int] = field(default_factory=set)  # units that never answer
+
+
+class SimMeter:
+    """One simulated meter (one unit id) of a given profile."""
+
+    def __init__(self, profile, unit: int, seed: int | None = None, speedup: float = 1.0) -> None:
+        self.profile = profile
+        self.unit = unit
+        self.rng = random.Random(seed if seed is not None else unit)
+        self.household = Household(self.rng.randrange(1 << 30))
+        self.energy_import = self.rng.uniform(200, 8000)
+        self.energy_export = self.rng.uniform(0, 5)
+        self.reactive_import = self.energy_import * 0.2
+        self.pf = self.rng.uniform(0.90, 0.99)
+        self.speedup = speedup
+        self._t = time.time()
+        self._image: dict[tuple[int, int], int] = {}
+        self._image_t = 0.0
+        regs = profile.polled_registers() if hasattr(profile, "polled_registers") else profile.registers
+        self.specs = list(regs)
+        self.max_addr = {fc: 0 for fc in (1, 2, 3, 4)}
+        for s in self.specs:
+            self.max_addr[s.function] = max(self.max_addr[s.function], s.end)
+
+    def values(self, now: float) -> dict[str, float]:
+        """Physical values in the normalised units (V, A, W, var, VA, Hz, kWh)."""
+        dt_h = max(0.0, now - self._t) * self.speedup / 3600
+        self._t = now
+        phases = getattr(self.profile, "phases", 1)
+        p_total = self.household.power_w(datetime.fromtimestamp(now), self.rng) * (3 if phases == 3 else 1)
+        self.energy_import += p_total * dt_h / 1000
+        self.reactive_import += p_total * math.tan(math.acos(self.pf)) * dt_h / 1000
+        v = {}
+        per_phase = []
+        for i in range(phases):
+            volt = self.rng.gauss(220.0, 1.5)
+            p = p_total / phases * self.rng.uniform(0.8, 1.2) if phases > 1 else p_total
+            s = p / self.pf
+            q = math.sqrt(max(0.0, s * s - p * p))
+            per_phase.append((volt, p, q, s, s / volt))
+        if phases == 1:
+            volt, p, q, s, i_ = per_phase[0]
+            v.update(voltage=volt, current=i_, active_power=p, reactive_power=q, apparent_power=s)
+        else:
+            for n, (volt, p, q, s, i_) in enumerate(per_phase, 1):
+                v.update({f"voltage_l{n}": volt, f"current_l{n}": i_, f"active_power_l{n}": p,
+                          f"reactive_power_l{n}": q, f"apparent_power_l{n}": s, f"power_factor_l{n}": self.pf})
+            v.update(active_power=sum(x[1] for x in per_phase), reactive_power=sum(x[2] for x in per_phase),
+                     apparent_power=sum(x[3] for x in per_phase), current=sum(x[4] for x in per_phase) / 3,
+                     voltage=sum(x[0] for x in per_phase) / 3)
+            for a, b, n in ((1, 2, "l1_l2"), (2, 3, "l2_l3"), (3, 1, "l3_l1")):
+                v[f"voltage_{n}"] = math.sqrt(3) * (per_phase[a - 1][0] + per_phase[b - 1][0]) / 2
+        v.update(power_factor=self.pf, frequency=self.rng.gauss(50.0, 0.02),
+                 energy_import=self.energy_import, energy_export=self.energy_export,
+                 energy_total=self.energy_import + self.energy_export,
+                 reactive_energy_import=self.reactive_import, reactive_energy_export=0.0,
+                 reactive_energy_total=self.reactive_import)
+        return v
+
+    def _value_for(self, spec, vals: dict[str, float]):
+        from edge.modbus.decode import encode_value
+        name = spec.field
+        if name in vals:
+            value = vals[name]
+        elif name.startswith("energy") or "energy" in name:
+            value = vals["energy_import"]
+        elif "demand" in name:
+            value = vals.get("active_power", 0.0)
+        else:
+            value = 0
+        kind = spec.type
+        if kind == "string":
+            value = f"SIM{self.unit:05d}"
+        elif kind in ("bool", "bit"):
+            value = bool(value)
+        elif kind.startswith(("int", "uint")):
+            # integer registers carry raw = (physical - offset) / scale
+            value = (value - (spec.offset or 0)) / (spec.scale or 1) if isinstance(value, float) else value
+            value = int(round(value)) * (spec.scale or 1) + (spec.offset or 0)
+        return encode_value(spec, value)
+
+    def refresh(self, now: float) -> None:
+        if now - self._image_t < 0.5:
+            return
+        vals = self.values(now)
+        image: dict[tuple[int, int], int] = {}
+        for s in self.specs:
+            try:
+                regs = self._value_for(s, vals)
+            except (ValueError, OverflowError, struct.error):
+                continue  # a value out of the register's range stays 0
+            for i, r in enumerate(regs):
+                image[(s.function, s.address + i)] = int(r)
+        self._image, self._image_t = image, now
+
+    def read(self, function: int, address: int, count: int) -> list[int]:
+        """Registers (or bits) for one request, or ModbusError with the real meter's exception code."""
+        if function not in (1, 2, 3, 4):
+            raise ModbusError(ILLEGAL_FUNCTION)
+        limits = self.profile.limits
+        max_count = 2000 if function in (1, 2) else min(125, limits.max_registers or 125)
+        if count < 1 or count > max_count:
+            raise ModbusError(ILLEGAL_ADDRESS if count > 0 else ILLEGAL_VALUE)
+        if function in (3, 4) and ((getattr(limits, "even_address", False) and address % 2)
+                                   or (getattr(limits, "even_count", False) and count % 2)):
+            raise ModbusError(ILLEGAL_ADDRESS)
+        if address + count > max(self.max_addr[function], 1) + 64 or address + count > 65536:
+            raise ModbusError(ILLEGAL_ADDRESS)
+        self.refresh(time.time())
+        return [self._image.get((function, a), 0) for a in range(address, address + count)]
+
+
+def parse_units(text: str) -> list[int]:
+    """'1-10,15' -> [1..10, 15]; unit ids must be 1..247."""
+    units: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not (1 <= a <= b <= 247):
+            raise ValueError(f"unit range {part!r}: unit ids are 1 to 247")
+        units.update(range(a, b + 1))
+    if not units:
+        raise ValueError("no unit ids given")
+    return sorted(units)
+
+
+def pdu_response(meters: dict[int, SimMeter], unit: int, pdu: bytes, faults: Faults,
+                 rng: random.Random) -> bytes | None:
+    """Answer one request PDU for a unit. None means: stay silent (dead unit or injected timeout)."""
+    if unit in faults.dead_units or unit not in meters:
+        return None
+    if faults.timeout_rate and rng.random() < faults.timeout_rate:
+        return None
+    if len(pdu) < 5:
+        return bytes([pdu[0] | 0x80 if pdu else 0x80, ILLEGAL_VALUE])
+    fc = pdu[0]
+    if faults.exception_rate and rng.random() < faults.exception_rate:
+        return bytes([fc | 0x80, DEVICE_FAILURE])
+    address, count = struct.unpack(">HH", pdu[1:5])
+    try:
+        data = meters[unit].read(fc, address, count)
+    except ModbusError as exc:
+        return bytes([fc | 0x80, exc.code])
+    if fc in (1, 2):
+        out = bytearray((count + 7) // 8)
+        for i, bit in enumerate(data):
+            if bit:
+                out[i // 8] |= 1 << (i % 8)
+        return bytes([fc, len(out)]) + bytes(out)
+    return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *data)
+
+
+class MeterServer:
+    """Modbus TCP server (MBAP framing) for a set of simulated units."""
+
+    def __init__(self, meters: dict[int, SimMeter], faults: Faults | None = None, seed: int = 0) -> None:
+        self.meters = meters
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed)
+        self.requests = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(7)
+                tid, proto, length, unit = struct.unpack(">HHHB", head)
+                if length < 2 or length > 256:
+                    break  # garbage: drop the connection like a real device would
+                pdu = await reader.readexactly(length - 1)
+                self.requests += 1
+                resp = pdu_response(self.meters, unit, pdu, self.faults, self.rng)
+                if resp is None:
+                    continue
+                writer.write(struct.pack(">HHHB", tid, proto, len(resp) + 1, unit) + resp)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._client, host, port)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
