@@ -34,6 +34,21 @@ class Agent:
         self.registry = Registry(cfg.registry_db)
         self.unique = UniqueTimestamps()
         self.modbus = ModbusPoller(cfg, self.profiles, self.emit, self.metrics)
+        # Analytics and the MQTT source are imported only when configured, so a meter-only box
+        # never loads OpenCV, onnxruntime or the MQTT dialect machinery.
+        self.analytics = None
+        if cfg.analytics.faces or cfg.analytics.meter_anomaly or cfg.analytics.care_watch:
+            from edge.analytics.service import AnalyticsService
+            self.analytics = AnalyticsService(cfg, self.emit, self.metrics)
+        self.mqtt_source = None
+        if cfg.local_broker:
+            try:  # TEMPORARY guard while edge/mqtt/source.py is being written (issue 4)
+                from edge.mqtt.source import MqttSource
+            except ModuleNotFoundError:
+                MqttSource = None
+            if MqttSource is not None:
+                self.mqtt_source = MqttSource(cfg, self.profiles, self.registry, self.emit, self.metrics,
+                                              analytics=self.analytics)
         self._registry_version = -1
         self._tasks: list[asyncio.Task] = []
 
@@ -46,6 +61,8 @@ class Agent:
         await self.outbox.put(points)
         self.metrics.count("points_accepted", len(points))
         self.uplink.notify()
+        if self.analytics is not None:
+            self.analytics.observe(points)  # never blocks: queues work for its own thread
 
     async def run(self, stop: asyncio.Event) -> None:
         self.cfg.state_path.mkdir(parents=True, exist_ok=True)
@@ -58,6 +75,10 @@ class Agent:
             asyncio.create_task(self._health_loop(), name="health"),
             asyncio.create_task(self._status_loop(), name="status"),
         ]
+        if self.analytics is not None:
+            self._tasks.append(asyncio.create_task(self.analytics.run(), name="analytics"))
+        if self.mqtt_source is not None:
+            self._tasks.append(asyncio.create_task(self.mqtt_source.run(), name="mqtt-source"))
         if self.outbox.damage:
             await self.emit([self._gateway_health(alarm=f"outbox damaged and replaced: {self.outbox.damage}")])
         stopper = asyncio.create_task(stop.wait())
@@ -85,6 +106,10 @@ class Agent:
                 self._registry_version = version
                 devices = self.registry.all()
                 self.modbus.reconcile(devices)
+                if self.mqtt_source is not None:
+                    self.mqtt_source.reconcile(devices)
+                if self.analytics is not None:
+                    self.analytics.reconcile(devices)
                 log.info("registry loaded: %d devices (%d enabled)", len(devices), sum(d.enabled for d in devices))
             await asyncio.sleep(self.cfg.registry_reload_s)
 
@@ -116,7 +141,7 @@ class Agent:
                        "in_flight_batches": self.uplink.in_flight, "last_error": self.uplink.mqtt.last_error,
                        "last_rejection": self.uplink.last_rejection},
             "outbox": {"rows": self.outbox.rows, "bytes": self.outbox.bytes, "dropped": self.outbox.dropped},
-            "devices": self.modbus.state,
+            "devices": {**self.modbus.state, **(self.mqtt_source.state if self.mqtt_source else {})},
             "metrics": self.metrics.snapshot(),
         }
         tmp = self.cfg.status_file.with_suffix(".tmp")
