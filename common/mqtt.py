@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import logging
 import ssl
 import threading
@@ -251,3 +252,47 @@ class AsyncMqtt:
 def _resolve(fut: asyncio.Future, value: bool) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def probe(url: MqttUrl, username: str | None = None, password: str | None = None, tls: TlsFiles | None = None,
+          timeout: float = 5.0) -> str | None:
+    """Try one MQTT connection (blocking). None if the broker accepted it, else why not, in words
+    an installer can act on."""
+    import socket
+    import time as _time
+
+    result: dict = {}
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"poplar-probe-{os.getpid()}", clean_session=True)
+    user = username or url.username
+    if user:
+        client.username_pw_set(user, password or url.password)
+    if url.tls or (tls and tls.ca_file):
+        t = tls or TlsFiles()
+        try:
+            client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
+                           cert_reqs=ssl.CERT_NONE if t.insecure else ssl.CERT_REQUIRED)
+        except (OSError, ValueError) as exc:
+            return f"cannot load the TLS files: {exc}"
+    client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
+    try:
+        client.connect(url.host, url.port, keepalive=10)
+    except socket.gaierror:
+        return f"cannot resolve host name {url.host!r} (check the spelling and DNS)"
+    except ConnectionRefusedError:
+        return f"nothing listens on {url.host}:{url.port} (is the broker running? is the port right?)"
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed: {exc.reason or exc} (check ca_file and the broker's certificate)"
+    except OSError as exc:
+        return f"cannot reach {url.host}:{url.port}: {exc.strerror or exc} (check the network, firewall, 4G modem)"
+    deadline = _time.monotonic() + timeout
+    while "rc" not in result and _time.monotonic() < deadline:
+        client.loop(0.1)
+    client.disconnect()
+    rc = result.get("rc")
+    if rc is None:
+        return f"{url.host}:{url.port} accepted TCP but sent no MQTT answer within {timeout:.0f} s (is it an MQTT port?)"
+    if rc.is_failure:
+        if "not authorized" in str(rc).lower() or "bad user" in str(rc).lower():
+            return f"the broker refused the login ({rc}): check username and password"
+        return f"the broker refused the connection: {rc}"
+    return None

@@ -15,7 +15,7 @@ agent_cmds.register(app)
 app.add_typer(devices.app, name="devices", help="Register, list and remove devices (property staff).")
 
 # Optional command groups, added by their own modules when present.
-for _name in ("profiles_cmds", "outbox_cmds", "read_cmds", "discover_cmds", "analytics_cmds"):
+for _name in ("doctor_cmds", "profiles_cmds", "outbox_cmds", "read_cmds", "discover_cmds", "analytics_cmds"):
     try:
         _mod = __import__(f"edge.cli.{_name}", fromlist=["register"])
     except ModuleNotFoundError as _exc:
