@@ -83,6 +83,18 @@ class AnalyticsConfig(_Strict):
     faces: bool = False
     meter_anomaly: bool = False
     care_watch: bool = False
+    time_zone: str = Field("Asia/Shanghai", description="local time zone of meter days and care-watch hours (IANA name)")
+    anomaly_threshold: float | None = Field(None, gt=0, description="override the anomaly model's threshold (site tuning)")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Asia/Shanghai") from None
+        return v
 
 
 class EdgeConfig(_Strict):

@@ -278,7 +278,8 @@ Flag rate by kind of day:
   or the model is retrained on real, consented history.
 - A whole day at a different level with the usual shape (2x consumption) is not an anomaly for
   this model by design; a day away from home looks like "flat" and is flagged.
-- It needs a complete day: the caller skips days with gaps instead of filling them.
+- It needs a complete day: the edge skips days with more than 4 quarter hours missing and
+  fills fewer by straight lines (docs/analytics.md).
 - A flagged day is a hint for property staff, never an automatic action or a judgement about a
   resident.
 """

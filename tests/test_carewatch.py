@@ -139,3 +139,16 @@ def test_config_alert_hours_is_respected():
         alerts = feed(CareWatch(CareWatchConfig(alert_hours=n)), h, random.Random(9), 9,
                       change=lambda t, v: h.base_w if t >= flat else v)
         assert len(alerts) == 1 and alerts[0][1].hours_quiet == n
+
+
+def test_export_import_days_round_trip_and_bad_entries_skipped():
+    h, w = Household(5), CareWatch()
+    feed(w, h, random.Random(5), 9)
+    days = w.export_days()
+    assert len(days) >= w.cfg.learn_days
+    w2 = CareWatch()
+    as_json = [{str(k): v for k, v in d.items()} for d in days]      # keys come back as strings
+    garbage = [None, {"x": 1}, {str(k): float("nan") for k in range(24)}, {str(k): 1.0 for k in range(5)}]
+    assert w2.import_days(garbage + as_json) == len(days)
+    assert w2.active_hours == w.active_hours and w2.base_w == w.base_w and not w2.learning
+    assert CareWatch().import_days(garbage) == 0

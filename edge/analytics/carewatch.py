@@ -82,6 +82,27 @@ class CareWatch:
     def base_w(self) -> float:
         return self._base_w
 
+    def export_days(self) -> list[dict[int, float]]:
+        """The learnt days (hour of day -> mean W), oldest first, so an agent restart does not
+        start the learning over. Kept on the box only (see docs/analytics.md, consent)."""
+        return [dict(d) for d in self._days]
+
+    def import_days(self, days: list[dict]) -> int:
+        """Restore export_days() output; bad entries are skipped. Returns the days taken."""
+        self._days.clear()
+        for d in days[-self.cfg.window_days:]:
+            if not isinstance(d, dict):
+                continue
+            try:
+                day = {int(h): float(v) for h, v in d.items()}
+            except (TypeError, ValueError):
+                continue
+            if len(day) >= 20 and all(0 <= h < 24 and 0 <= v < float("inf") for h, v in day.items()):
+                self._days.append(day)
+        if self._days:
+            self._relearn()
+        return len(self._days)
+
     def snooze(self, until: datetime) -> None:
         """No alerts until `until` (resident away, announced to property staff)."""
         self._snooze_until = self._local(until)
