@@ -1,4 +1,5 @@
-"""Simulated electricity meters served over Modbus TCP, from any Modbus device profile.
+"""Simulated electricity meters served over Modbus TCP, RTU over TCP or an RTU serial line, from any
+Modbus device profile.
 
 Values are plausible and change: a residential daily load curve per unit (simulators/households.py),
 about 220 V and 50 Hz, energy that only grows. The model's quirks are enforced as the real meter
@@ -37,6 +38,8 @@ class Faults:
     timeout_rate: float = 0.0      # share of requests never answered
     exception_rate: float = 0.0    # share answered with exception 4 (device failure)
     dead_units: set[int] = field(default_factory=set)  # units that never answer
+    garble_rate: float = 0.0       # share answered with a broken frame (short answer, bad CRC)
+    wrong_unit_rate: float = 0.0   # share answered under another unit id (two meters with one id)
 
 
 class SimMeter:
@@ -99,8 +102,11 @@ class SimMeter:
     def _value_for(self, spec, vals: dict[str, float]):
         from edge.modbus.decode import encode_value
         name = spec.field
+        base, phase = name[:-3], name[-3:]
         if name in vals:
             value = vals[name]
+        elif phase in ("_l1", "_l2", "_l3") and base in vals and "energy" in base:
+            value = vals[base] / 3  # per-phase energy: a third of the total, still only growing
         elif name.startswith("energy") or "energy" in name:
             value = vals["energy_import"]
         elif "demand" in name:
@@ -134,7 +140,8 @@ class SimMeter:
 
     def read(self, function: int, address: int, count: int) -> list[int]:
         """Registers (or bits) for one request, or ModbusError with the real meter's exception code."""
-        if function not in (1, 2, 3, 4):
+        if function not in (1, 2, 3, 4) or not self.max_addr[function]:
+            # A meter answers function codes its map does not use (e.g. coils on an Eastron) with 1.
             raise ModbusError(ILLEGAL_FUNCTION)
         limits = self.profile.limits
         max_count = 2000 if function in (1, 2) else min(125, limits.max_registers or 125)
@@ -192,34 +199,115 @@ def pdu_response(meters: dict[int, SimMeter], unit: int, pdu: bytes, faults: Fau
     return bytes([fc, 2 * count]) + struct.pack(f">{count}H", *data)
 
 
-class MeterServer:
-    """Modbus TCP server (MBAP framing) for a set of simulated units."""
+def _short(resp: bytes) -> bytes:
+    """A well-framed answer with one register (or byte) missing: the byte count agrees, the length is wrong."""
+    if len(resp) < 4 or resp[0] & 0x80:
+        return resp
+    drop = 2 if resp[0] in (3, 4) else 1
+    body = resp[2:-drop]
+    return bytes([resp[0], len(body)]) + body
 
-    def __init__(self, meters: dict[int, SimMeter], faults: Faults | None = None, seed: int = 0) -> None:
+
+class RtuDeframer:
+    """Cuts RTU request frames out of a byte stream (serial line or RTU over TCP).
+
+    Read requests (fc 1-4) are 8 bytes with a CRC; a stream that does not start with a valid frame
+    loses its first byte until it does (line noise, a partial frame after opening the port).
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        from edge.modbus.decode import check_crc
+        self.buf += data
+        frames = []
+        while len(self.buf) >= 8:
+            if check_crc(bytes(self.buf[:8])):
+                frames.append(bytes(self.buf[:8]))
+                del self.buf[:8]
+            else:
+                del self.buf[0]
+                self.dropped += 1
+        return frames
+
+
+class MeterServer:
+    """Serves a set of simulated units: Modbus TCP (MBAP framing) or RTU frames over TCP."""
+
+    def __init__(self, meters: dict[int, SimMeter], faults: Faults | None = None, seed: int = 0,
+                 framing: str = "tcp") -> None:
+        if framing not in ("tcp", "rtu"):
+            raise ValueError("framing is tcp or rtu")
         self.meters = meters
         self.faults = faults or Faults()
         self.rng = random.Random(seed)
+        self.framing = framing
         self.requests = 0
         self._server: asyncio.base_events.Server | None = None
 
+    def answer(self, unit: int, pdu: bytes) -> tuple[int, bytes, bool] | None:
+        """(unit to answer as, response PDU, garble?) or None for silence; applies the faults."""
+        self.requests += 1
+        if unit == 0:
+            return None  # broadcast: never answered
+        resp = pdu_response(self.meters, unit, pdu, self.faults, self.rng)
+        if resp is None:
+            return None
+        f = self.faults
+        if f.wrong_unit_rate and self.rng.random() < f.wrong_unit_rate:
+            unit = unit % 247 + 1
+        garble = bool(f.garble_rate) and self.rng.random() < f.garble_rate
+        return unit, resp, garble
+
+    def rtu_reply(self, frame: bytes) -> bytes | None:
+        """The RTU answer to one request frame (CRC already checked), or None."""
+        from edge.modbus.decode import add_crc
+        got = self.answer(frame[0], frame[1:-2])
+        if got is None:
+            return None
+        unit, resp, garble = got
+        out = add_crc(bytes([unit]) + resp)
+        if garble:  # a bit flipped on the line: the CRC no longer matches
+            out = out[:-1] + bytes([out[-1] ^ 0x5A])
+        return out
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            if self.framing == "rtu":
+                await self._rtu_client(reader, writer)
+                return
             while True:
                 head = await reader.readexactly(7)
                 tid, proto, length, unit = struct.unpack(">HHHB", head)
                 if length < 2 or length > 256:
                     break  # garbage: drop the connection like a real device would
                 pdu = await reader.readexactly(length - 1)
-                self.requests += 1
-                resp = pdu_response(self.meters, unit, pdu, self.faults, self.rng)
-                if resp is None:
+                got = self.answer(unit, pdu)
+                if got is None:
                     continue
+                unit, resp, garble = got
+                if garble:
+                    resp = _short(resp)
                 writer.write(struct.pack(">HHHB", tid, proto, len(resp) + 1, unit) + resp)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+
+    async def _rtu_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        deframer = RtuDeframer()
+        while True:
+            data = await reader.read(512)
+            if not data:
+                return
+            for frame in deframer.feed(data):
+                out = self.rtu_reply(frame)
+                if out is not None:
+                    writer.write(out)
+                    await writer.drain()
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._client, host, port)
@@ -229,3 +317,71 @@ class MeterServer:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
+
+
+class SerialMeterServer:
+    """Serves RTU on a serial port, or on a new pseudo-terminal (`device="pty"`) for tests.
+
+    With a pty the simulator keeps the other end open, so a client can open and close the path it
+    prints as often as it likes, like a USB-RS485 adapter.
+    """
+
+    def __init__(self, server: MeterServer, device: str, baud: int = 9600, parity: str = "N",
+                 data_bits: int = 8, stop_bits: int = 1) -> None:
+        self.server = server
+        self.device = device
+        self.settings = (baud, parity, data_bits, stop_bits)
+        self.path = device
+        self._fd = -1
+        self._keep: list = []
+        self._deframer = RtuDeframer()
+
+    def start(self) -> str:
+        import os
+        import tty
+        loop = asyncio.get_running_loop()
+        if self.device == "pty":
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            self.path = os.ttyname(slave)
+            self._fd = master
+            self._keep.append(slave)
+        else:
+            import serial
+            baud, parity, data_bits, stop_bits = self.settings
+            port = serial.Serial(self.device, baudrate=baud, parity=parity, bytesize=data_bits,
+                                 stopbits=stop_bits, timeout=0, exclusive=True)
+            self._keep.append(port)
+            self._fd = port.fileno()
+        os.set_blocking(self._fd, False)
+        loop.add_reader(self._fd, self._readable)
+        return self.path
+
+    def _readable(self) -> None:
+        import os
+        try:
+            data = os.read(self._fd, 512)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return  # EIO on a pty while no one has the other end open
+        for frame in self._deframer.feed(data):
+            out = self.server.rtu_reply(frame)
+            if out is not None:
+                try:
+                    os.write(self._fd, out)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        import os
+        if self._fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._fd)
+        for k in self._keep:
+            if isinstance(k, int):
+                os.close(k)
+            else:
+                k.close()
+        if self.device == "pty" and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
