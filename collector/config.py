@@ -74,6 +74,9 @@ class Influx2Sink(_Strict):
     token: str
     timeout_s: float = Field(10.0, gt=0, le=300)
     gzip: bool = True
+    string_newlines: Literal["keep", "escape"] = Field(
+        "keep", description="keep: raw newlines inside string fields (InfluxDB 2.x/3.x store them); "
+        "escape: write them as \\n, for servers that split lines first (VictoriaMetrics)")
 
     _url = field_validator("url")(Influx1Sink._url.__func__)
 
@@ -88,11 +91,32 @@ class Limits(_Strict):
     max_future_s: float = Field(600, gt=0, description="refuse points further ahead than this")
 
 
+class WriteConfig(_Strict):
+    """How batches become InfluxDB writes. Several queued batches go into one HTTP write
+    (throughput), each is acked after that write succeeded."""
+    max_points: int = Field(50_000, ge=1, description="points per HTTP write, at most")
+    max_batches: int = Field(200, ge=1, description="uplink batches per HTTP write, at most")
+    retries: int = Field(3, ge=0, le=20, description="attempts after the first before answering 'retry'")
+    backoff_s: float = Field(0.5, gt=0, le=60, description="first wait between attempts; doubles each time")
+    backoff_max_s: float = Field(10.0, gt=0, le=600)
+
+
+class Influx1Admin(_Strict):
+    """`poplar-collector init-db` (InfluxDB 1.x): retention policies and roll-ups."""
+    raw_rp: str = "raw"
+    raw_days: int = Field(90, ge=1, description="how long raw points are kept")
+    rollup_rp: str = "rollup"
+    rollup_days: int = Field(0, ge=0, description="how long hourly roll-ups are kept; 0 = forever")
+
+
 class CollectorConfig(_Strict):
     broker: BrokerConfig
     sink: Annotated[Union[Influx1Sink, Influx2Sink], Field(discriminator="type")]
     state_dir: str = Field(description="folder for the gateway registry")
     limits: Limits = Limits()
+    write: WriteConfig = WriteConfig()
+    database_setup: Influx1Admin = Influx1Admin()
+    status_interval_s: float = Field(5.0, gt=0, le=3600, description="how often status-NAME.json is written")
     health_interval_s: float = Field(30.0, gt=0, le=3600)
     name: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}",
                       description="this collector's name in collector_health")

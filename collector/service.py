@@ -1,16 +1,33 @@
 """The collector: takes uplink batches from the central broker, checks them, writes them to
 InfluxDB and only then acks to the edge (DESIGN.md, "Delivery").
 
+Pipeline (one asyncio loop, two stages so the CPU work overlaps the HTTP write):
+  MQTT messages -> _queue -> checker (decode, authorise, validate, line protocol)
+                -> _groups (at most one group waiting) -> writer (one HTTP write per group,
+                   retries with backoff) -> "ok" ack per batch, MQTT ack per message.
+Several queued batches go into one HTTP write: this is what makes the collector fast.
+
 MQTT messages are acknowledged to the broker (manual ack) only after they were handled, so a
-collector killed mid-batch loses nothing: the broker redelivers, or the edge resends.
+collector killed mid-batch loses nothing: the broker redelivers, or the edge resends. While the
+sink fails, the writer backs off and nothing is acked "ok": the checker stalls, paho's in-flight
+window fills, and the broker and the edges keep the data (backpressure).
+
+Several collectors share the uplink through an MQTT shared subscription ($share/GROUP/...). On
+SIGTERM a collector unsubscribes first, finishes and acks what it holds, then disconnects, so
+stopping one mid-stream loses nothing and delays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
+import os
+import re
 import time
+import zlib
+from dataclasses import dataclass, field
 
 from common import wire
 from common.lineprotocol import to_lines
@@ -18,10 +35,42 @@ from common.mqtt import AsyncMqtt, Message
 from common.points import Point, Priority
 from collector.config import CollectorConfig
 from collector.gateways import Gateways
-from collector.sinks import Sink, SinkUnavailable, make_sink
-from collector.validate import authorise, check_points
+from collector.sinks import Sink, SinkUnavailable, WriteResult, make_sink
+from collector.validate import LineMaker, authorise
 
 log = logging.getLogger(__name__)
+
+STATUS_PREFIX = "status-"
+_BATCH_ID = re.compile(rb'"batch":"([^"\\]{1,200})"')
+
+
+def _peek_batch_id(payload: bytes) -> str | None:
+    """The batch id from the head of a compressed batch (the encoder writes it before the points)."""
+    try:
+        head = zlib.decompressobj().decompress(payload, 1024)
+    except zlib.error:
+        return None
+    m = _BATCH_ID.search(head)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+@dataclass(slots=True)
+class Checked:
+    """One uplink batch that passed authorisation, waiting for its write."""
+    msg: Message
+    site: str
+    gateway: str
+    batch_id: str
+    lines: list[str]
+    refused: collections.Counter
+    newest_ns: int
+    sent_ns: int
+
+
+@dataclass
+class Group:
+    items: list[Checked] = field(default_factory=list)
+    points: int = 0
 
 
 class Collector:
@@ -29,14 +78,19 @@ class Collector:
         self.cfg = cfg
         self.sink = sink or make_sink(cfg.sink)
         self.gateways = Gateways(cfg.gateways_db)
+        self.lines = LineMaker(cfg.limits, escape_newlines=getattr(cfg.sink, "string_newlines", "keep") == "escape")
         self.counters: collections.Counter[str] = collections.Counter()
+        self.gauges: dict[str, float] = {}
         self.last_seen: dict[tuple[str, str], dict] = {}
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._groups: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
+        self._busy = 0  # groups taken by the checker or the writer and not finished yet
         self._logged: set[str] = set()
+        self.started_ns = time.time_ns()
         b = cfg.broker
         self.mqtt = AsyncMqtt(b.parsed(), b.client_id or f"poplar-collector-{cfg.name}", persistent=True,
                               manual_ack=True, username=b.username, password=b.password,
-                              tls=b.tls.files() if b.tls else None, max_inflight=200)
+                              tls=b.tls.files() if b.tls else None, max_inflight=1000)
         self.mqtt.on_messages(self._enqueue)
         self.sink_ok = True
 
@@ -45,15 +99,22 @@ class Collector:
         g = self.cfg.broker.shared_group
         return f"$share/{g}/{wire.UP_SUBSCRIPTION}" if g else wire.UP_SUBSCRIPTION
 
+    @property
+    def status_path(self):
+        return self.cfg.state_path / f"{STATUS_PREFIX}{self.cfg.name}.json"
+
     def _enqueue(self, msgs: list[Message]) -> None:
         for m in msgs:
             self._queue.put_nowait(m)
 
     def _log_once(self, key: str, level: int, msg: str, *args) -> None:
         if key not in self._logged:
+            if len(self._logged) > 10_000:
+                self._logged.clear()
             self._logged.add(key)
             log.log(level, msg, *args)
 
+    # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         await self.mqtt.subscribe(self.subscription, qos=1)
         if not await self.mqtt.start(wait=10):
@@ -64,112 +125,243 @@ class Collector:
                         self.cfg.sink.url)
         log.info("collector %s: subscribed to %s on %s, writing to %s", self.cfg.name, self.subscription,
                  self.mqtt.url, self.cfg.sink.url)
-        workers = [asyncio.create_task(self._worker(), name="collector-worker"),
-                   asyncio.create_task(self._health_loop(), name="collector-health")]
+        pipeline = [asyncio.create_task(self._checker(), name="collector-checker"),
+                    asyncio.create_task(self._writer(), name="collector-writer")]
+        side = [asyncio.create_task(self._health_loop(), name="collector-health"),
+                asyncio.create_task(self._status_loop(), name="collector-status")]
         await stop.wait()
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await self._drain()
+        for t in pipeline + side:
+            t.cancel()
+        await asyncio.gather(*pipeline, *side, return_exceptions=True)
+        self.write_status(running=False)
         await self.mqtt.stop()
         await self.sink.close()
         self.gateways.close()
         log.info("collector stopped")
 
-    async def _worker(self) -> None:
+    async def _drain(self, timeout: float = 15.0) -> None:
+        """Stop taking new batches, then finish those we hold, so none waits for a resend."""
+        try:
+            await self.mqtt.unsubscribe(self.subscription)
+        except Exception as exc:  # broker gone: the edges resend what we do not ack
+            log.warning("could not unsubscribe before stopping: %s", exc)
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if self._queue.qsize() or self._busy or self._groups.qsize():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 0.5:  # messages already on their way have arrived
+                return
+            await asyncio.sleep(0.05)
+        log.warning("stopping with %d batches unfinished; their edges will resend them", self._queue.qsize())
+
+    # -- stage 1: check ----------------------------------------------------------------------
+    async def _checker(self) -> None:
+        limit_points, limit_batches = self.cfg.write.max_points, self.cfg.write.max_batches
         while True:
             msg = await self._queue.get()
+            self._busy += 1
             try:
-                await self.handle(msg.topic, msg.payload)
-            except Exception:  # a bug must not stop the collector; the edge will resend
-                log.exception("unexpected error handling a batch on %s", msg.topic)
-                self.counters["internal_errors"] += 1
-            self.mqtt.ack(msg)
+                group = Group()
+                while True:
+                    try:
+                        item = await self._check(msg.topic, msg.payload, msg)
+                    except Exception:  # a bug must not stop the collector; the edge will resend
+                        log.exception("unexpected error handling a batch on %s", msg.topic)
+                        self.counters["internal_errors"] += 1
+                        item = None
+                        self.mqtt.ack(msg)
+                    if item is not None:
+                        group.items.append(item)
+                        group.points += len(item.lines)
+                    if (group.points >= limit_points or len(group.items) >= limit_batches
+                            or self._queue.empty()):
+                        break
+                    msg = self._queue.get_nowait()
+                if group.items:
+                    await self._groups.put(group)
+            finally:
+                self._busy -= 1
 
-    async def _reply(self, site: str, gateway: str, ack: wire.Ack) -> None:
-        ack.collector_ns = time.time_ns()
-        self.mqtt.publish_nowait(wire.ack_topic(site, gateway), wire.encode_ack(ack), qos=1)
-
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Handle one uplink message; always ends in a counter, and an ack when one is due."""
+    async def _check(self, topic: str, payload: bytes, msg: Message | None) -> Checked | None:
+        """Decode, authorise and validate one uplink message. Refused ones are answered and
+        MQTT-acked here; the rest come back for the writer."""
         self.counters["batches_in"] += 1
         try:
             site, gateway = wire.parse_up_topic(topic)
         except wire.WireError:
-            self.counters["rejected_bad_topic"] += 1
-            return
-        if len(payload) > self.cfg.limits.max_batch_bytes:
-            self.counters["rejected_too_large"] += 1
-            self._log_once(f"big:{gateway}", logging.WARNING, "batch from %s/%s is %d bytes, over the %d limit",
-                           site, gateway, len(payload), self.cfg.limits.max_batch_bytes)
-            return
+            return self._refuse(msg, "bad_topic")
+        lim = self.cfg.limits
+        if len(payload) > lim.max_batch_bytes:
+            self._log_once(f"big:{gateway}", logging.WARNING,
+                           "refused a batch from %s/%s: %d bytes, over the %d limit (limits.max_batch_bytes)",
+                           site, gateway, len(payload), lim.max_batch_bytes)
+            batch_id = _peek_batch_id(payload)
+            if batch_id:  # tell the edge, without decoding the whole oversized payload
+                self._reply(site, gateway, wire.Ack(batch_id, "rejected", reason=(
+                    f"batch of {len(payload)} bytes is over the collector's limit of {lim.max_batch_bytes}; "
+                    "send smaller batches (edge uplink batch size) or raise limits.max_batch_bytes")))
+            return self._refuse(msg, "too_large")
         try:
-            batch = wire.decode_batch(payload)
+            batch = wire.decode_batch(payload, max_bytes=max(lim.max_batch_bytes * 8, 1 << 20))
         except wire.WireError as exc:
-            self.counters["rejected_malformed"] += 1
             self._log_once(f"malformed:{gateway}", logging.WARNING, "malformed batch from %s/%s: %s",
                            site, gateway, exc)
-            return
+            return self._refuse(msg, "malformed")
         reason = authorise(batch, site, gateway, self.gateways.site_of(gateway))
         if reason:
-            self.counters["rejected_unauthorised"] += 1
+            # Logged once per gateway, counted every time, answered "rejected": never "ok".
             self._log_once(f"auth:{site}/{gateway}", logging.WARNING, "refused batches from %s/%s: %s",
                            site, gateway, reason)
-            await self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
-            return
-        if len(batch.points) > self.cfg.limits.max_points_per_batch:
-            self.counters["rejected_too_many_points"] += 1
-            await self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected",
-                                                      reason=f"more than {self.cfg.limits.max_points_per_batch} points"))
-            return
-        self.counters["points_in"] += len(batch.points) + batch.bad_items
-        verdict = check_points(batch, self.cfg.limits, time.time_ns())
-        for r, n in verdict.refused.items():
-            self.counters[f"refused_{r}"] += n
+            self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
+            return self._refuse(msg, "unauthorised")
+        n = len(batch.points) + batch.bad_items
+        if n > lim.max_points_per_batch:
+            reason = f"{n} points in one batch, more than the collector's limit of {lim.max_points_per_batch}"
+            self._log_once(f"many:{gateway}", logging.WARNING, "refused a batch from %s/%s: %s", site, gateway, reason)
+            self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
+            return self._refuse(msg, "too_many_points")
+        self.counters["points_in"] += n
+        verdict = self.lines.check(batch, time.time_ns())
+        for r, k in verdict.refused.items():
+            self.counters[f"refused_{r}"] += k
             self._log_once(f"refused:{gateway}:{r}", logging.WARNING,
-                           "refused %d points from %s/%s: %s (logged once per gateway and reason)", n, site,
+                           "refused %d points from %s/%s: %s (logged once per gateway and reason)", k, site,
                            gateway, r)
-        written, refused_by_sink = 0, 0
-        if verdict.good:
+        return Checked(msg, site, gateway, batch.batch_id, verdict.lines, verdict.refused, verdict.newest_ns,
+                       batch.sent_ns)
+
+    def _refuse(self, msg: Message | None, reason: str) -> None:
+        self.counters["batches_rejected"] += 1
+        self.counters[f"rejected_{reason}"] += 1
+        if msg is not None:
+            self.mqtt.ack(msg)
+        return None
+
+    # -- stage 2: write ----------------------------------------------------------------------
+    async def _writer(self) -> None:
+        while True:
+            group = await self._groups.get()
+            self._busy += 1
+            try:
+                await self._write_group(group)
+            except Exception:
+                log.exception("unexpected error writing a group of %d batches", len(group.items))
+                self.counters["internal_errors"] += 1
+                for it in group.items:  # not acked "ok": the edges resend
+                    self.mqtt.ack(it.msg)
+            finally:
+                self._busy -= 1
+
+    async def _write(self, lines: list[str], count: int) -> WriteResult:
+        """One write with retries and exponential backoff; SinkUnavailable after the last."""
+        w = self.cfg.write
+        delay = w.backoff_s
+        body = "\n".join(lines) + "\n"
+        for attempt in range(w.retries + 1):
             t0 = time.monotonic()
             try:
-                result = await self.sink.write(to_lines(verdict.good), len(verdict.good))
+                result = await self.sink.write(body, count)
             except SinkUnavailable as exc:
                 self.counters["sink_errors"] += 1
                 if self.sink_ok:
-                    log.error("cannot write to InfluxDB: %s. Not acking; edges keep their data.", exc)
+                    log.error("cannot write to InfluxDB: %s. Retrying; not acking, edges keep their data.", exc)
                 self.sink_ok = False
-                await self._reply(site, gateway, wire.Ack(batch.batch_id, "retry", reason=str(exc)[:200]))
-                return
+                if attempt == w.retries:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, w.backoff_max_s)
+                continue
+            ms = (time.monotonic() - t0) * 1000
+            self.counters["sink_writes"] += 1
+            self.counters["sink_ms_total"] += int(ms)
+            self.gauges["sink_ms_last"] = round(ms, 1)
+            self.gauges["sink_ms_max"] = max(self.gauges.get("sink_ms_max", 0.0), round(ms, 1))
             if not self.sink_ok:
                 log.info("InfluxDB accepts writes again")
             self.sink_ok = True
-            self.counters["sink_writes"] += 1
-            self.counters["sink_ms_total"] += int((time.monotonic() - t0) * 1000)
-            written, refused_by_sink = result.written, result.refused
-            if result.refused:
-                self.counters["refused_by_influxdb"] += result.refused
-                self._log_once(f"sink-refused:{gateway}", logging.WARNING, "InfluxDB refused %d points from %s/%s: %s",
-                               result.refused, site, gateway, result.detail)
-        self.counters["points_written"] += written
-        self.counters["batches_written"] += 1
-        newest = max((p.time_ns for p in batch.points), default=0)
-        self.last_seen[(site, gateway)] = {"ns": time.time_ns(), "lag_s": (time.time_ns() - newest) / 1e9 if newest else None}
-        refused = verdict.refused_total + refused_by_sink
-        reasons = ", ".join(f"{k}={v}" for k, v in verdict.refused.items())
-        await self._reply(site, gateway, wire.Ack(batch.batch_id, "ok", written=written, refused=refused,
-                                                  reason=reasons))
+            return result
+        raise AssertionError("unreachable")
 
+    async def _write_group(self, group: Group) -> None:
+        items = [it for it in group.items if it.lines]
+        results: dict[int, WriteResult] = {}
+        if items:
+            try:
+                res = await self._write([ln for it in items for ln in it.lines], group.points)
+                if res.refused and len(items) > 1:
+                    # InfluxDB dropped some points (a field type conflict) and does not say whose:
+                    # write batch by batch (same points, same identity: harmless) to attribute them.
+                    for it in items:
+                        results[id(it)] = await self._write(it.lines, len(it.lines))
+                else:
+                    for it in items:
+                        results[id(it)] = res
+            except SinkUnavailable as exc:
+                # Answer "retry" so edges know; they keep the batches and resend. Back off before
+                # the next group so a dead sink is not hammered.
+                for it in group.items:
+                    self._reply(it.site, it.gateway, wire.Ack(it.batch_id, "retry", reason=str(exc)[:200]))
+                    self.mqtt.ack(it.msg)
+                self.counters["batches_retry"] += len(group.items)
+                await asyncio.sleep(self.cfg.write.backoff_max_s)
+                return
+        now = time.time_ns()
+        self.counters["sink_points"] += group.points
+        for it in group.items:
+            res = results.get(id(it))
+            written, by_sink = len(it.lines), 0
+            if res is not None and res.refused:
+                by_sink = min(res.refused, len(it.lines))  # per batch: see the rewrite above
+                written = len(it.lines) - by_sink
+                self.counters["refused_by_influxdb"] += by_sink
+                self._log_once(f"sink-refused:{it.gateway}", logging.WARNING,
+                               "InfluxDB refused %d points from %s/%s: %s", by_sink, it.site, it.gateway,
+                               res.detail)
+            self.counters["points_written"] += written
+            self.counters["batches_written"] += 1
+            self.last_seen[(it.site, it.gateway)] = {
+                "ns": now, "lag_s": round((now - it.newest_ns) / 1e9, 3) if it.newest_ns else None,
+                "send_lag_s": round((now - it.sent_ns) / 1e9, 3) if it.sent_ns else None,
+                "batches": self.last_seen.get((it.site, it.gateway), {}).get("batches", 0) + 1}
+            reasons = ", ".join(f"{k}={v}" for k, v in it.refused.items())
+            self._reply(it.site, it.gateway, wire.Ack(it.batch_id, "ok", written=written,
+                                                      refused=sum(it.refused.values()) + by_sink, reason=reasons))
+            self.mqtt.ack(it.msg)
+
+    def _reply(self, site: str, gateway: str, ack: wire.Ack) -> None:
+        ack.collector_ns = time.time_ns()
+        self.counters[f"acks_{ack.status}"] += 1
+        try:
+            self.mqtt.publish_nowait(wire.ack_topic(site, gateway), wire.encode_ack(ack), qos=1)
+        except Exception as exc:  # broker gone: the edge resends and gets its ack then
+            self._log_once("ack-failed", logging.WARNING, "could not send an ack: %s", exc)
+
+    # -- compatibility: one message, start to end (tests and tools) ---------------------------
+    async def handle(self, topic: str, payload: bytes) -> None:
+        item = await self._check(topic, payload, None)
+        if item is not None:
+            await self._write_group(Group([item], len(item.lines)))
+
+    # -- self-observation --------------------------------------------------------------------
     def health_points(self) -> list[Point]:
         now = time.time_ns()
         tags = {"site": "_central", "gateway": "_collector", "device": self.cfg.name, "collector": self.cfg.name}
-        fields = {k: int(v) for k, v in self.counters.items()}
+        fields: dict = {k: int(v) for k, v in self.counters.items()}
+        fields.update(self.gauges)
         fields["sink_ok"] = self.sink_ok
         fields["queue"] = self._queue.qsize()
+        fields["gateways_seen"] = len(self.last_seen)
+        if self.counters["sink_writes"]:
+            fields["sink_ms_avg"] = round(self.counters["sink_ms_total"] / self.counters["sink_writes"], 2)
         pts = [Point("collector_health", tags, fields, now, Priority.HEALTH)]
         for (site, gw), seen in self.last_seen.items():
-            f = {"last_seen_s_ago": (now - seen["ns"]) / 1e9}
+            f: dict = {"last_seen_s_ago": round((now - seen["ns"]) / 1e9, 3), "batches": seen["batches"]}
             if seen["lag_s"] is not None:
                 f["lag_s"] = float(seen["lag_s"])
+            if seen["send_lag_s"] is not None:
+                f["send_lag_s"] = float(seen["send_lag_s"])
             pts.append(Point("collector_health", {"site": site, "gateway": gw, "device": gw,
                                                   "collector": self.cfg.name}, f, now, Priority.HEALTH))
         return pts
@@ -182,3 +374,35 @@ class Collector:
                 await self.sink.write(to_lines(pts), len(pts))
             except SinkUnavailable:
                 pass
+            except Exception:
+                log.exception("could not write collector_health")
+
+    def status(self, running: bool = True) -> dict:
+        now = time.time_ns()
+        return {
+            "collector": self.cfg.name, "pid": os.getpid(), "host": os.uname().nodename,
+            "running": running, "started_ns": self.started_ns, "updated_ns": now,
+            "status_interval_s": self.cfg.status_interval_s,
+            "broker": {"url": str(self.mqtt.url), "connected": self.mqtt.connected.is_set(),
+                       "subscription": self.subscription, "last_error": self.mqtt.last_error},
+            "sink": {"type": self.cfg.sink.type, "url": self.cfg.sink.url, "ok": self.sink_ok},
+            "queue": self._queue.qsize(),
+            "counters": dict(sorted(self.counters.items())),
+            "gauges": dict(self.gauges),
+            "gateways": [{"site": s, "gateway": g, "last_seen_s_ago": round((now - v["ns"]) / 1e9, 1),
+                          "lag_s": v["lag_s"], "send_lag_s": v["send_lag_s"], "batches": v["batches"]}
+                         for (s, g), v in sorted(self.last_seen.items())],
+        }
+
+    def write_status(self, running: bool = True) -> None:
+        tmp = self.status_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(running), ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            self._log_once("status-file", logging.WARNING, "cannot write %s: %s", self.status_path, exc)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.write_status()
+            await asyncio.sleep(self.cfg.status_interval_s)

@@ -1,7 +1,20 @@
-"""InfluxDB line protocol, escaped by the rules of the InfluxDB documentation.
+"""InfluxDB line protocol, escaped by what real servers do (verified against InfluxDB 1.6.7 and
+VictoriaMetrics; tests/test_lineprotocol_servers.py).
 
 Every string that reaches InfluxDB passes through here, so a device name such as
-``a,b=c d\\nx`` or ``5幢1单元电表`` arrives intact and cannot inject a second line.
+``a,b=c d "x" 5幢`` arrives intact and cannot inject a second line or a tag.
+
+What the servers do (measured, not assumed):
+- Tag keys, tag values, field keys: ``\\,`` ``\\=`` ``\\ `` are the only escapes InfluxDB 1.x
+  (and 2.x, same parser) undoes. A backslash before any other character is stored as written,
+  so a backslash is written raw: escaping it as ``\\\\`` would store two backslashes in 1.x, while
+  VictoriaMetrics (and InfluxDB 3.x) turn ``\\\\`` into one. A backslash that ends a tag value,
+  or stands before a backslash, comma, equals sign or space, has no form every server reads the
+  same way: the collector refuses such tags (``tag_unrepresentable``, see ``tag_problem``).
+- There is no escape for a newline in a tag or key: control characters are refused by the
+  collector; here they are replaced by a space as a last defence, so nothing can start a line.
+- String field values are double-quoted; ``\\\\`` and ``\\"`` are undone by every server, and
+  a raw newline inside the quotes is stored as a newline by InfluxDB 1.x/2.x.
 """
 
 from __future__ import annotations
@@ -10,11 +23,29 @@ import math
 
 from common.points import FieldValue, Point
 
-# Measurement: escape comma and space. Tag keys/values and field keys: comma, equals, space.
-_MEAS = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t", "\\": "\\\\"})
-_KEY = str.maketrans(
-    {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t", "\\": "\\\\"}
-)
+_CONTROL = {chr(c): " " for c in range(32)} | {"\x7f": " "}
+_MEAS = str.maketrans({",": r"\,", " ": r"\ "} | _CONTROL)
+_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "} | _CONTROL)
+_NEEDS_KEY_ESCAPE = frozenset(",= ") | frozenset(_CONTROL)
+
+
+def tag_problem(text: str) -> str | None:
+    """Why `text` cannot be a tag key, tag value or field key, or None if it can.
+
+    Cheap for the common case (no backslash, no control character)."""
+    if not text:
+        return "empty"
+    if "\\" in text:
+        if text.endswith("\\"):
+            return "tag_unrepresentable"
+        i = text.find("\\")
+        while i != -1:
+            if text[i + 1] in "\\,= ":
+                return "tag_unrepresentable"
+            i = text.find("\\", i + 1)
+    if not text.isprintable() and any(ord(c) < 32 or c == "\x7f" for c in text):
+        return "control_character"
+    return None
 
 
 def escape_measurement(name: str) -> str:
@@ -22,47 +53,63 @@ def escape_measurement(name: str) -> str:
 
 
 def escape_key(text: str) -> str:
-    """Tag keys, tag values and field keys.
-
-    Line protocol has no escape for a newline inside a tag, so control characters are
-    replaced by their visible escape sequence text (``\\n``); nothing can start a new line.
-    """
+    """Tag keys, tag values and field keys (see the module doc for backslashes)."""
+    if _NEEDS_KEY_ESCAPE.isdisjoint(text):
+        return text  # the common case: nothing to escape, no copy
     return text.translate(_KEY)
 
 
 def escape_string_field(text: str) -> str:
-    # String field values are double-quoted; escape backslash and quote. A raw newline is
-    # legal inside a quoted field value in InfluxDB 1.x and 2.x.
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if '"' in text:
+        text = text.replace('"', '\\"')
+    return '"' + text + '"'
 
 
 def format_field(value: FieldValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
+    t = type(value)
+    if t is float:
         if not math.isfinite(value):
             raise ValueError("NaN and infinities cannot be written to InfluxDB")
         return repr(value)
-    if isinstance(value, str):
+    if t is bool:
+        return "true" if value else "false"
+    if t is int:
+        return f"{value}i"
+    if t is str:
         return escape_string_field(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{int(value)}i"
+    if isinstance(value, float):
+        return format_field(float(value))
+    if isinstance(value, str):
+        return escape_string_field(str(value))
     raise TypeError(f"field value of type {type(value).__name__} cannot be written")
+
+
+def series_head(measurement: str, tags: dict[str, str]) -> str:
+    """``measurement,k=v,...`` with tags sorted (InfluxDB's fast path); empty tag values left out
+    because InfluxDB refuses them (an empty tag is the same as none)."""
+    parts = [escape_measurement(measurement)]
+    for k in sorted(tags):
+        v = tags[k]
+        if v != "":
+            parts.append(f"{escape_key(k)}={escape_key(v)}")
+    return ",".join(parts)
+
+
+def format_fields(fields: dict[str, FieldValue]) -> str:
+    if not fields:
+        raise ValueError("a point needs at least one field")
+    return ",".join(f"{escape_key(k)}={format_field(v)}" for k, v in fields.items())
 
 
 def to_line(point: Point) -> str:
     """One point as one line (without the trailing newline)."""
-    parts = [escape_measurement(point.measurement)]
-    for k in sorted(point.tags):
-        v = point.tags[k]
-        if v == "":
-            continue  # InfluxDB refuses empty tag values; an empty tag is the same as none
-        parts.append(f"{escape_key(k)}={escape_key(v)}")
-    head = ",".join(parts)
-    fields = ",".join(f"{escape_key(k)}={format_field(v)}" for k, v in point.fields.items())
-    if not fields:
-        raise ValueError("a point needs at least one field")
-    return f"{head} {fields} {point.time_ns}"
+    return f"{series_head(point.measurement, point.tags)} {format_fields(point.fields)} {point.time_ns}"
 
 
 def to_lines(points: list[Point]) -> str:

@@ -235,6 +235,12 @@ class AsyncMqtt:
         if not ok:
             raise PermissionError(f"the broker refused the subscription to {topic!r} (check its ACL)")
 
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving a topic (and stop resubscribing to it on reconnect)."""
+        self._subs.pop(topic, None)
+        if self.connected.is_set():
+            self._client.unsubscribe(topic)
+
     def ack(self, msg: Message) -> None:
         """Acknowledge a message received with manual_ack=True."""
         self._client.ack(msg.mid, msg.qos)

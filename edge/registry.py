@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from common.lineprotocol import tag_problem
 from common.points import LOCATION_TAGS
 
 
@@ -90,6 +91,9 @@ def check_device_id(name: str) -> str:
     if bad:
         raise RegistryError(f"the device name {name!r} contains a control character ({bad[0]!r}); "
                             "remove line breaks and tabs")
+    if tag_problem(name):
+        raise RegistryError(f"the device name {name!r} has a backslash before \\ , = or a space, or at its end; "
+                            "InfluxDB cannot store that exactly. Use / or - instead")
     if name != name.strip():
         raise RegistryError(f"the device name {name!r} starts or ends with a space; remove it")
     return name

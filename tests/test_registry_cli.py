@@ -23,7 +23,7 @@ def edge_cfg(tmp_path):
 def test_names_accept_chinese_and_punctuation_but_not_control_characters():
     for ok in ("5幢1单元电表", "a,b=c d", 'quote"s', "back\\slash", "x" * 128):
         assert check_device_id(ok) == ok
-    for bad in ("", "  ", "a\nb", "tab\there", "x" * 129, " lead"):
+    for bad in ("", "  ", "a\nb", "tab\there", "x" * 129, " lead", "ends\\", "a\\,b"):
         with pytest.raises(RegistryError):
             check_device_id(bad)
 
