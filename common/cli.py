@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any, Awaitable, Callable, NoReturn
 
 import typer
 
@@ -35,3 +37,30 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run main(stop) in asyncio until it returns; SIGTERM and Ctrl-C set `stop` so it can finish
+    its work (commit, ack, say goodbye to the broker) and return cleanly."""
+    import signal
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def load_config_or_fail(load: Callable[[Path], Any], path: Path, hint: str) -> Any:
+    """Load a config with `load`; on a ConfigError print every problem and `hint` (when the file
+    does not exist) and exit with code 2."""
+    from common.yamlconf import ConfigError
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        more = f"\n  {hint}" if not path.exists() else ""
+        fail(f"cannot use {path}:\n  " + str(exc).replace("\n", "\n  ") + more, 2)

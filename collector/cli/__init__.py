@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 import yaml
 
-from common.cli import fail, print_json, table
+from common.cli import fail, load_config_or_fail, print_json, run_until_signal, table
 from common.logs import setup_logging
 from common.mqtt import MqttUrl
-from common.yamlconf import ConfigError
 from collector import config as cconfig
 from collector.gateways import GatewayError, Gateways
 
@@ -29,13 +26,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")
 
 
 def load_config(path: str | None) -> cconfig.CollectorConfig:
-    p = cconfig.resolve_path(path)
-    try:
-        return cconfig.load(p)
-    except ConfigError as exc:
-        hint = "\n  create one with: poplar-collector init --config PATH --broker mqtt://HOST:PORT " \
-               "--influx-url http://HOST:8086 --database NAME" if not p.exists() else ""
-        fail(f"cannot use the collector config:\n  {str(exc).replace(chr(10), chr(10) + '  ')}{hint}", 2)
+    return load_config_or_fail(
+        cconfig.load, cconfig.resolve_path(path),
+        "create one with: poplar-collector init --config PATH --broker mqtt://HOST:PORT "
+        "--influx-url http://HOST:8086 --database NAME")
 
 
 @app.command("init")
@@ -133,14 +127,7 @@ def run(config: ConfigOpt = None) -> None:
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     from collector.service import Collector
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Collector(cfg).run(stop)
-
-    asyncio.run(main())
+    run_until_signal(lambda stop: Collector(cfg).run(stop))
 
 
 # Optional command groups, added by their own modules when present.

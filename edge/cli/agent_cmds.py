@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from common.cli import fail, print_json, table
+from common.cli import fail, print_json, run_until_signal, table
 from common.logs import setup_logging
 from common.mqtt import MqttUrl
 from common.wire import ID_PATTERN
@@ -83,14 +81,7 @@ def run(config: ConfigOpt = None) -> None:
     setup_logging(cfg.log_level)
     from edge.agent import Agent
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg).run(stop)
-
-    asyncio.run(main())
+    run_until_signal(lambda stop: Agent(cfg).run(stop))
 
 
 def _agent_running(doc: dict) -> bool:

@@ -10,7 +10,8 @@ import yaml
 
 from common.cli import fail, print_json, table
 from common.yamlconf import ConfigError
-from edge.cli.options import ConfigOpt, JsonOpt, load_config
+from edge.cli.options import (BaudOpt, ConfigOpt, JsonOpt, ParityOpt, RtuOverTcpOpt, SerialOpt, TcpOpt, UnitOpt,
+                              load_config)
 from edge.profiles import ProfileLibrary
 from edge.registry import Device, Registry, RegistryError, Transport
 
@@ -33,13 +34,13 @@ def _open(config: str | None) -> tuple[Registry, ProfileLibrary]:
 def add(
     name: Annotated[str, typer.Argument(help="unique device name; becomes the `device` tag (中文 welcome)")],
     profile: Annotated[str, typer.Option(help="device profile id (poplar-edge profiles list)")] = ...,
-    tcp: Annotated[Optional[str], typer.Option(help="Modbus TCP meter or gateway, HOST:PORT")] = None,
-    rtu_over_tcp: Annotated[Optional[str], typer.Option(help="serial device server (RTU over TCP), HOST:PORT")] = None,
-    serial: Annotated[Optional[str], typer.Option(help="RS-485 serial port, e.g. /dev/ttyUSB0")] = None,
-    baud: Annotated[Optional[int], typer.Option(help="serial baud rate (default: the profile's)")] = None,
-    parity: Annotated[Optional[str], typer.Option(help="serial parity N, E or O (default: the profile's)")] = None,
+    tcp: TcpOpt = None,
+    rtu_over_tcp: RtuOverTcpOpt = None,
+    serial: SerialOpt = None,
+    baud: BaudOpt = None,
+    parity: ParityOpt = None,
     mqtt_id: Annotated[Optional[str], typer.Option(help="the device's id in its MQTT topics or payloads")] = None,
-    unit: Annotated[Optional[int], typer.Option(help="Modbus unit id 1-247 (default: the profile's)")] = None,
+    unit: UnitOpt = None,
     building: Annotated[Optional[str], typer.Option(help="location tag: building (幢)")] = None,
     unit_no: Annotated[Optional[str], typer.Option(help="location tag: unit (单元)")] = None,
     floor: Annotated[Optional[str], typer.Option(help="location tag: floor")] = None,

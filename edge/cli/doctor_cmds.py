@@ -59,7 +59,7 @@ def run_checks(config: str | None) -> list[Check]:
         checks.append(Check("state folder", False, f"{state} does not exist", f"mkdir -p {state}"))
     elif not os.access(state, os.W_OK):
         checks.append(Check("state folder", False, f"{state} is not writable by this user",
-                            f"chown the folder to the user that runs poplar-edge"))
+                            "chown the folder to the user that runs poplar-edge"))
     else:
         free = shutil.disk_usage(state).free
         ok = free > min(cfg.outbox.max_bytes, 512 * 1024**2)

@@ -17,7 +17,8 @@ from common.yamlconf import ConfigError
 from edge import config as edge_config
 from edge.cli.devices import app as devices_app
 from edge.cli.devices import parse_host_port
-from edge.cli.options import ConfigOpt, JsonOpt, load_config
+from edge.cli.options import (BaudOpt, ConfigOpt, JsonOpt, ParityOpt, RtuOverTcpOpt, SerialOpt, TcpOpt, UnitOpt,
+                              load_config)
 from edge.cli.profiles_cmds import library
 from edge.profiles import ProfileLibrary
 from edge.registry import Device, Registry, Transport
@@ -83,12 +84,12 @@ def _report(prof, reading, bus, unit: int, json_out: bool) -> None:
 
 def read(
     profile: Annotated[str, typer.Option(help="Modbus profile id (poplar-edge profiles list)")] = ...,
-    tcp: Annotated[Optional[str], typer.Option(help="Modbus TCP meter or gateway, HOST:PORT")] = None,
-    rtu_over_tcp: Annotated[Optional[str], typer.Option(help="serial device server (RTU over TCP), HOST:PORT")] = None,
-    serial: Annotated[Optional[str], typer.Option(help="RS-485 serial port, e.g. /dev/ttyUSB0")] = None,
-    baud: Annotated[Optional[int], typer.Option(help="serial baud rate (default: the profile's)")] = None,
-    parity: Annotated[Optional[str], typer.Option(help="serial parity N, E or O (default: the profile's)")] = None,
-    unit: Annotated[Optional[int], typer.Option(help="Modbus unit id 1-247 (default: the profile's)")] = None,
+    tcp: TcpOpt = None,
+    rtu_over_tcp: RtuOverTcpOpt = None,
+    serial: SerialOpt = None,
+    baud: BaudOpt = None,
+    parity: ParityOpt = None,
+    unit: UnitOpt = None,
     timeout: Annotated[Optional[float], typer.Option(help="seconds to wait for each answer (default: config)")] = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
