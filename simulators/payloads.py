@@ -40,8 +40,8 @@ def person(rng: random.Random) -> Person:
     return Person(str(rng.randint(1000, 99999)), f"{rng.getrandbits(32):010d}", name)
 
 
-def _iso(t: datetime) -> str:
-    return t.astimezone(CST).isoformat(timespec="seconds")
+def _iso(t: datetime, ms: bool = False) -> str:
+    return t.astimezone(CST).isoformat(timespec="milliseconds" if ms else "seconds")
 
 
 def _pick(rng: random.Random) -> str:
@@ -55,8 +55,9 @@ def _dumps(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _hikvision(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person) -> bytes:
-    door = rng.choice([1, 2])
+def _hikvision(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person,
+               entry_prob: float = 0.5, ms: bool = False) -> bytes:
+    door = 1 if rng.random() < entry_prob else 2
     codes = {"face": (5, 75), "card": (5, 1), "qr": (5, 1), "face_denied": (5, 76),
              "card_denied": (5, 9), "forced_open": (5, 27), "held_open": (5, 28), "tamper": (1, 1028)}
     major, minor = codes[what]
@@ -78,12 +79,13 @@ def _hikvision(gate_id: str, rng: random.Random, t: datetime, what: str, p: Pers
     elif minor in (27, 28):
         ev["doorNo"] = door
     return _dumps({"ipAddress": "192.168.1.64", "portNo": 80, "protocol": "HTTP",
-                   "macAddress": "bc:ba:c2:00:00:01", "channelID": 1, "dateTime": _iso(t),
+                   "macAddress": "bc:ba:c2:00:00:01", "channelID": 1, "dateTime": _iso(t, ms),
                    "activePostCount": 1, "eventType": "AccessControllerEvent", "eventState": "active",
                    "eventDescription": "Access Controller Event", "AccessControllerEvent": ev})
 
 
-def _dahua(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person) -> tuple[str, bytes]:
+def _dahua(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person,
+           entry_prob: float = 0.5) -> tuple[str, bytes]:
     ts = int(t.timestamp())
     local = t.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
     if what in ("forced_open", "held_open", "tamper"):
@@ -96,7 +98,8 @@ def _dahua(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person) 
     data = {"CardNo": p.card_no if method == 1 else "", "CardType": None, "LocaleTime": local,
             "Method": method, "Name": "OpenDoor", "Password": "", "ReaderID": "1",
             "RecNo": rng.randint(1, 10**5), "SnapURL": f"/mnt/appdata1/userpic/SnapShot/{ts}.jpg",
-            "Status": 0 if what.endswith("denied") else 1, "Type": rng.choice(["Entry", "Exit"]),
+            "Status": 0 if what.endswith("denied") else 1,
+            "Type": "Entry" if rng.random() < entry_prob else "Exit",
             "UTC": ts, "UserID": "" if what.endswith("denied") else p.employee_no}
     return "DahuaVTO/AccessControl/Event", _dumps(
         {"Action": "Pulse", "Code": "AccessControl", "Data": data, "deviceType": "VTO2202F-P",
@@ -104,15 +107,16 @@ def _dahua(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person) 
 
 
 def _generic(gate_id: str, rng: random.Random, t: datetime, what: str, p: Person,
-             snapshot: bytes | None) -> tuple[str, bytes]:
+             snapshot: bytes | None, entry_prob: float = 0.5, ms: bool = False) -> tuple[str, bytes]:
     if what in ("forced_open", "held_open", "tamper"):
         token = {"forced_open": "doorSensor", "held_open": "openTimeout", "tamper": "anti"}[what]
         return _generic_heartbeat(gate_id, rng, alarms=[token])
     rtype = {"face": 3, "card": 1, "qr": 32, "face_denied": 19, "card_denied": 24}[what]
     rec = {"SN": gate_id, "RecordID": rng.randint(1, 10**6), "RecordType": rtype,
-           "RecordDate": int(t.timestamp()), "UserID": "" if rtype == 19 else p.employee_no,
+           "RecordDate": int(t.timestamp() * 1000) if ms else int(t.timestamp()),
+           "UserID": "" if rtype == 19 else p.employee_no,
            "Name": "" if rtype == 19 else p.name, "IdentityCard": "", "Job": "", "Department": "",
-           "CardNum": p.card_no if rtype in (1, 24) else "0", "QRCode": "", "IsEntry": rng.choice([0, 1]),
+           "CardNum": p.card_no if rtype in (1, 24) else "0", "QRCode": "", "IsEntry": int(rng.random() < entry_prob),
            "BodyTemp": int(round(rng.gauss(365, 2))) if rtype in (3, 19) else 0}
     if rtype in (3, 19):
         pic = snapshot if snapshot is not None else TINY_JPEG
@@ -129,15 +133,20 @@ def _generic_heartbeat(gate_id: str, rng: random.Random, alarms: list[str] | Non
 
 
 def facegate_message(dialect: str, gate_id: str, rng: random.Random, t: datetime,
-                     snapshot: bytes | None = None) -> tuple[str, bytes]:
-    """One gate event (pass, denial or alarm) in DIALECT at time T (timezone-aware)."""
+                     snapshot: bytes | None = None, *, entry_prob: float = 0.5,
+                     ms_time: bool = False) -> tuple[str, bytes]:
+    """One gate event (pass, denial or alarm) in DIALECT at time T (timezone-aware).
+
+    entry_prob: share of passes going in (mornings are mostly out, evenings mostly in).
+    ms_time: device times with milliseconds (most terminals report whole seconds).
+    """
     what, p = _pick(rng), person(rng)
     if dialect == "hikvision-isapi":
-        return f"hikvision/{gate_id}/event", _hikvision(gate_id, rng, t, what, p)
+        return f"hikvision/{gate_id}/event", _hikvision(gate_id, rng, t, what, p, entry_prob, ms_time)
     if dialect == "dahua-vto2mqtt":
-        return _dahua(gate_id, rng, t, what, p)
+        return _dahua(gate_id, rng, t, what, p, entry_prob)
     if dialect == "generic-facegate":
-        return _generic(gate_id, rng, t, what, p, snapshot)
+        return _generic(gate_id, rng, t, what, p, snapshot, entry_prob, ms_time)
     raise ValueError(f"unknown face-gate dialect {dialect!r}; expected one of {FACEGATE_DIALECTS}")
 
 
@@ -235,9 +244,9 @@ class ElevatorModel:
                 "total_running_time_h": round(self.running_hours, 1), "running_count": self.running_count}
 
 
-def elevator_status(elevator_id: str, model: ElevatorModel, t: datetime) -> tuple[str, bytes]:
+def elevator_status(elevator_id: str, model: ElevatorModel, t: datetime, ms_time: bool = False) -> tuple[str, bytes]:
     return f"elevator/{elevator_id}/status", _dumps(
-        {"registration_code": elevator_id, "ts": _iso(t), **model.status()})
+        {"registration_code": elevator_id, "ts": _iso(t, ms_time), **model.status()})
 
 
 #: GB/T 24476-style codes the simulator raises, with weights (entrapment and door faults
@@ -248,10 +257,10 @@ _TERMINAL_FAULTS = {3: 1, 4: 2, 6: 3, 7: 2, 8: 1}
 
 
 def elevator_fault(elevator_id: str, rng: random.Random, t: datetime,
-                   model: ElevatorModel | None = None) -> tuple[str, bytes]:
+                   model: ElevatorModel | None = None, ms_time: bool = False) -> tuple[str, bytes]:
     """A fault or event: mostly GB/T 24476 codes, sometimes a sensor terminal's behavioural code."""
     body: dict = {"registration_code": elevator_id, "fault_id": f"{rng.getrandbits(64):016x}",
-                  "fault_timestamp": _iso(t)}
+                  "fault_timestamp": _iso(t, ms_time)}
     if model is not None:
         st = model.status()
         body.update({"car_position": st["car_position"], "door_zone": st["door_zone"],
@@ -302,3 +311,26 @@ def malformed_payload(rng: random.Random, kind: str | None = None) -> bytes:
     if kind == "gzip_bomb":
         return gzip.compress(b'{"a":"' + b"0" * (4 * 1024 * 1024) + b'"}')
     raise ValueError(f"unknown malformed kind {kind!r}")
+
+
+# --- traffic shape ------------------------------------------------------------------------------
+
+#: Relative gate traffic per local hour in a residential compound: quiet nights, a morning peak
+#: (leaving for work and school), a smaller noon bump and an evening peak (coming home).
+_HOURLY = [0.15, 0.1, 0.08, 0.08, 0.1, 0.3, 1.2, 3.0, 3.2, 1.5, 0.8, 0.9,
+           1.1, 0.9, 0.7, 0.8, 1.2, 2.4, 2.8, 2.2, 1.4, 0.9, 0.5, 0.25]
+_HOURLY_MEAN = sum(_HOURLY) / len(_HOURLY)
+
+
+def traffic_factor(t: datetime) -> float:
+    """Gate traffic at local time T relative to the daily mean (mean over a day is 1)."""
+    local = t.astimezone(CST)
+    h = local.hour + local.minute / 60
+    a, b = _HOURLY[int(h) % 24], _HOURLY[(int(h) + 1) % 24]
+    return (a + (b - a) * (h - int(h))) / _HOURLY_MEAN
+
+
+def entry_share(t: datetime) -> float:
+    """Share of passes that go in: mornings people leave, evenings they come home."""
+    h = t.astimezone(CST).hour
+    return 0.25 if 5 <= h < 10 else 0.75 if 16 <= h < 22 else 0.5

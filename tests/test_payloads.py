@@ -126,3 +126,29 @@ def test_malformed_payloads_give_map_errors(kind):
             map_message(profile(name), topic, body, privacy=PRIV, now_ns=NOW)
         assert e.value.reason in {"malformed_json", "not_utf8", "wrong_dialect", "too_large", "wrong_type",
                                   "unknown_message"}
+
+
+def test_traffic_has_morning_and_evening_peaks_and_quiet_nights():
+    day = [P.traffic_factor(datetime(2025, 3, 3, h, 30, tzinfo=P.CST)) for h in range(24)]
+    mean = sum(P.traffic_factor(datetime(2025, 3, 3, tzinfo=P.CST) + timedelta(minutes=m))
+               for m in range(0, 1440, 5)) / 288
+    assert abs(mean - 1) < 0.05
+    assert max(day[6:10]) > 2.5 and max(day[16:21]) > 2.0 and max(day[0:5]) < 0.3
+    assert P.entry_share(datetime(2025, 3, 3, 8, tzinfo=P.CST)) < 0.5 < \
+        P.entry_share(datetime(2025, 3, 3, 18, tzinfo=P.CST))
+
+
+@pytest.mark.parametrize("dialect", ["hikvision-isapi", "generic-facegate"])
+def test_ms_time_and_entry_share_reach_the_points(dialect):
+    rng, prof = random.Random(9), profile(dialect)
+    t = T0 + timedelta(milliseconds=123)
+    dirs = []
+    for _ in range(300):
+        m = map_message(prof, *P.facegate_message(dialect, "g1", rng, t, entry_prob=0.9, ms_time=True),
+                        privacy=PRIV, now_ns=NOW)
+        for p in m.points:
+            if p.measurement == "gate_event":
+                assert p.time_ns % 10**9 == 123_000_000
+                if "direction" in p.fields:
+                    dirs.append(p.fields["direction"])
+    assert dirs and dirs.count("in") / len(dirs) > 0.75

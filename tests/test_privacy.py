@@ -1,3 +1,4 @@
+import logging
 import os
 import stat
 
@@ -61,3 +62,26 @@ def test_personal_keys():
     for k in ("name", "employeeNoString", "CardNo", "pictureURL", "SnapURL", "Photo", "UserID"):
         assert is_personal_key(k)
     assert not is_personal_key("subEventType")
+
+
+def test_the_mqtt_source_pseudonymises_with_the_site_secret_or_drops(tmp_path, caplog):
+    """The source applies the site's privacy config; a leaky secret file never leaks ids."""
+    from edge.config import BrokerConfig, EdgeConfig, PrivacyConfig, UplinkConfig
+    from edge.mqtt.source import _make_privacy
+
+    def cfg(**privacy):
+        return EdgeConfig(site="s", gateway="g", state_dir=str(tmp_path / "st"),
+                          local_broker=BrokerConfig(url="mqtt://127.0.0.1:1"),
+                          uplink=UplinkConfig(url="mqtt://127.0.0.1:1"), privacy=PrivacyConfig(**privacy))
+
+    c = cfg()
+    p = _make_privacy(c)
+    secret = bytes.fromhex(c.secret_file.read_text().strip())
+    assert p.pseudonym("12345") == Privacy(secret).pseudonym("12345") != "12345"
+    assert oct(c.secret_file.stat().st_mode & 0o777) == "0o600"
+    assert _make_privacy(cfg(person_ids="drop")).pseudonym("12345") is None
+    os.chmod(c.secret_file, 0o644)
+    with caplog.at_level(logging.ERROR):
+        leaky = _make_privacy(c)
+    assert leaky.pseudonym("12345") is None
+    assert "chmod 600" in caplog.text and "dropped" in caplog.text

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from common.points import FieldValue, Point, clean_fields, priority_of
@@ -97,19 +98,48 @@ def match_topic(profile: MqttProfile, topic: str) -> dict | None:
 
 # --- payload access ---------------------------------------------------------------------------
 
+@lru_cache(maxsize=4096)
+def _path(path: str) -> tuple[str | int, ...]:
+    """'a.b[0].c' -> ('a', 'b', 0, 'c'), parsed once per profile path."""
+    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in _PATH.findall(path))
+
+
 def _get(data: object, path: str) -> object:
     cur = data
-    for part in _PATH.findall(path):
-        if part.startswith("["):
-            idx = int(part[1:-1])
-            if not isinstance(cur, list) or idx >= len(cur):
-                return _MISSING
-            cur = cur[idx]
-        else:
-            if not isinstance(cur, dict) or part not in cur:
+    for part in _path(path):
+        if type(part) is int:
+            if not isinstance(cur, list) or part >= len(cur):
                 return _MISSING
             cur = cur[part]
+        elif isinstance(cur, dict):
+            cur = cur.get(part, _MISSING)
+            if cur is _MISSING:
+                return _MISSING
+        else:
+            return _MISSING
     return cur
+
+
+def _lookup(ctx: "_Ctx", refs: list[str]) -> object:
+    """ctx.key(refs), with the common case (one plain payload path) in one call: this runs for
+    every field and condition of every message."""
+    if len(refs) == 1:
+        ref = refs[0]
+        return _get(ctx.payload, ref) if ref[0] != "@" else ctx.ref(ref)
+    return ctx.key(refs)
+
+
+_CANON_SETS: dict[int, tuple[list, frozenset[str]]] = {}
+
+
+def _canon_set(values: list) -> frozenset[str]:
+    """Canonical forms of a profile's value list, computed once per list. Keyed by identity
+    (1 and True are equal as dict keys but not as codes); the entry keeps the list alive, so an
+    id is never reused for another list."""
+    hit = _CANON_SETS.get(id(values))
+    if hit is None or hit[0] is not values:
+        hit = _CANON_SETS[id(values)] = (values, frozenset(canon(x) for x in values))
+    return hit[1]
 
 
 @dataclass
@@ -119,6 +149,8 @@ class _Ctx:
     item: object = _MISSING
 
     def ref(self, ref: str) -> object:
+        if ref[0] != "@":
+            return _get(self.payload, ref)
         if ref.startswith("@topic."):
             return self.caps.get(ref[7:], _MISSING)
         if ref == "@item":
@@ -129,6 +161,8 @@ class _Ctx:
 
     def key(self, refs: list[str]) -> object:
         """One ref's value, or several joined by "/" (missing if any part is)."""
+        if len(refs) == 1:
+            return self.ref(refs[0])
         vals = [self.ref(r) for r in refs]
         if any(v is _MISSING or v is None for v in vals):
             return _MISSING if len(vals) > 1 or vals[0] is _MISSING else None
@@ -140,8 +174,7 @@ class _Ctx:
 
 
 def _holds(cond: Cond, ctx: _Ctx) -> bool:
-    refs = [cond.ref] if isinstance(cond.ref, str) else cond.ref
-    v = ctx.key(refs)
+    v = _lookup(ctx, cond.refs)
     present = v is not _MISSING and v is not None
     if cond.exists is not None:
         return present == cond.exists
@@ -151,9 +184,9 @@ def _holds(cond: Cond, ctx: _Ctx) -> bool:
     if cond.equals is not None:
         return c == canon(cond.equals)
     if cond.in_ is not None:
-        return c in {canon(x) for x in cond.in_}
+        return c in _canon_set(cond.in_)
     if cond.not_in is not None:
-        return c not in {canon(x) for x in cond.not_in}
+        return c not in _canon_set(cond.not_in)
     return c.startswith(cond.prefix or "")
 
 
@@ -224,9 +257,9 @@ def _coerce(fm: FieldMap, raw: object) -> FieldValue:
 def _value(fm: FieldMap, ctx: _Ctx, warnings: list[str]) -> FieldValue | None:
     if fm.value is not None:
         return fm.value
-    raw = ctx.key(fm.refs)
+    raw = _lookup(ctx, fm.refs)
     if fm.ignore and raw is not _MISSING and not isinstance(raw, (dict, list)) \
-            and canon(raw) in {canon(v) for v in fm.ignore}:
+            and canon(raw) in _canon_set(fm.ignore):
         raw = None
     if raw is _MISSING or raw is None or raw == "":
         if fm.required:

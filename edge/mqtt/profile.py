@@ -15,7 +15,7 @@ their values with "/" into one key, e.g. Hikvision's (major, minor) pair "5/27".
 from __future__ import annotations
 
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,6 +46,21 @@ def canon(value: object) -> str:
 
     Vendors disagree on whether codes are numbers or zero-padded strings (GB/T 24476 "04").
     """
+    t = type(value)
+    if t is int:  # the common case, first: codes are mostly JSON numbers
+        return str(value)
+    if t is str:
+        return _canon_str(value)  # type: ignore[arg-type]
+    return _canon(value)
+
+
+@lru_cache(maxsize=4096)
+def _canon_str(value: str) -> str:
+    # Codes and enum words repeat endlessly in a stream (majorEventType, "checkIn", "04"): cached.
+    return _canon(value)
+
+
+def _canon(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
@@ -88,6 +103,10 @@ class Cond(_Model):
         for r in _refs(v):
             _check_ref(r)
         return v
+
+    @cached_property
+    def refs(self) -> list[str]:
+        return _refs(self.ref)
 
     @model_validator(mode="after")
     def _one_test(self) -> "Cond":
@@ -145,8 +164,8 @@ class FieldMap(_Model):
             raise ValueError("give exactly one of ref (where the value comes from) or value (a constant)")
         return self
 
-    @property
-    def refs(self) -> list[str]:
+    @cached_property
+    def refs(self) -> list[str]:  # read for every field of every message: made once
         return _refs(self.ref)
 
 
@@ -275,6 +294,9 @@ class MqttProfile(_Model):
     gzip: bool = False  # accept gzip-compressed payloads (FC terminals: MQTT_UseGZIP)
     signature: list[Cond] = []  # what every payload of this dialect looks like; else wrong_dialect
     device_id: Ref = "@topic.id"
+    #: Silence after which a device of this dialect is reported offline (device_health). None:
+    #: the dialect has no keep-alive, so silence proves nothing (a quiet gate at night).
+    heartbeat_timeout_s: float | None = Field(default=None, ge=1, le=86_400)
     messages: list[MessageSpec] = Field(min_length=1)
 
     @field_validator("time_zone")
