@@ -13,8 +13,9 @@ import os
 import time
 
 from common.points import Point, Priority, UniqueTimestamps
+from edge.clock import Clock
 from edge.config import EdgeConfig
-from edge.metrics import Metrics
+from edge.metrics import Metrics, ProcessUsage
 from edge.modbus.poller import ModbusPoller
 from edge.outbox import Outbox
 from edge.profiles import ProfileLibrary
@@ -29,8 +30,10 @@ class Agent:
         self.cfg = cfg
         self.metrics = Metrics()
         self.profiles = ProfileLibrary(cfg.profiles_dirs)
-        self.outbox = Outbox(cfg.outbox_db, cfg.outbox.max_bytes, cfg.outbox.commit_interval_s)
-        self.uplink = Uplink(cfg, self.outbox, self.metrics)
+        self.clock = Clock()  # corrects timestamps when this box's clock is clearly wrong
+        self.outbox = Outbox(cfg.outbox_db, cfg.outbox.max_bytes, cfg.outbox.commit_interval_s, clock=self.clock)
+        self.uplink = Uplink(cfg, self.outbox, self.metrics, self.clock)
+        self.usage = ProcessUsage()
         self.registry = Registry(cfg.registry_db)
         self.unique = UniqueTimestamps()
         self.modbus = ModbusPoller(cfg, self.profiles, self.emit, self.metrics)
@@ -42,22 +45,22 @@ class Agent:
             self.analytics = AnalyticsService(cfg, self.emit, self.metrics)
         self.mqtt_source = None
         if cfg.local_broker:
-            try:  # TEMPORARY guard while edge/mqtt/source.py is being written (issue 4)
-                from edge.mqtt.source import MqttSource
-            except ModuleNotFoundError:
-                MqttSource = None
-            if MqttSource is not None:
-                self.mqtt_source = MqttSource(cfg, self.profiles, self.registry, self.emit, self.metrics,
-                                              analytics=self.analytics)
+            from edge.mqtt.source import MqttSource
+            self.mqtt_source = MqttSource(cfg, self.profiles, self.registry, self.emit, self.metrics,
+                                          analytics=self.analytics)
         self._registry_version = -1
         self._tasks: list[asyncio.Task] = []
 
-    async def emit(self, points: list[Point]) -> None:
-        """Commit points to the outbox; returns when they are durable."""
+    async def emit(self, points: list[Point], *, stamped: bool = False) -> None:
+        """Commit points to the outbox; returns when they are durable.
+
+        stamped=True: the source already made its timestamps unique in a way that survives a
+        replay (the MQTT source derives them from the message), so they must not be moved here."""
         if not points:
             return
-        for p in points:
-            self.unique.stamp(p)
+        if not stamped:
+            for p in points:
+                self.unique.stamp(p)
         await self.outbox.put(points)
         self.metrics.count("points_accepted", len(points))
         self.uplink.notify()
@@ -94,8 +97,8 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._write_status()
-        await self.outbox.close()
+        await self.outbox.close()  # flushes what sources queued before they were cancelled
+        self._write_status()  # after the close, so its figures are final
         self.registry.close()
         log.info("edge agent stopped; %d points wait in the outbox", self.outbox.rows)
 
@@ -113,17 +116,28 @@ class Agent:
                 log.info("registry loaded: %d devices (%d enabled)", len(devices), sum(d.enabled for d in devices))
             await asyncio.sleep(self.cfg.registry_reload_s)
 
-    def _gateway_health(self, alarm: str | None = None) -> Point:
+    def _gateway_health(self, alarm: str | None = None, oldest_ns: int | None = None) -> Point:
         c = self.metrics.counters
+        g = self.metrics.gauges
+        now = self.clock.now_ns() + self.clock.correction_ns  # the clock stored points are stamped by
         fields: dict = {
             "outbox_rows": self.outbox.rows, "outbox_bytes": self.outbox.bytes,
             "uplink_connected": self.uplink.connected, "in_flight_batches": self.uplink.in_flight,
+            "in_flight_points": self.outbox.in_flight,
             "points_accepted": c["points_accepted"], "points_acked": c["uplink_points_acked"],
+            "points_refused": c["uplink_points_refused"], "resends": c["uplink_resends"],
         }
+        # The oldest point's age, from the (possibly wrong) local clock the point was stamped with.
+        fields["oldest_point_age_s"] = round(max(0, now - oldest_ns) / 1e9, 3) if oldest_ns else 0.0
         for cls, n in self.outbox.dropped.items():
             fields[f"dropped_{cls}"] = n
-        if "uplink_ack_latency_ms" in self.metrics.gauges:
-            fields["ack_latency_ms"] = self.metrics.gauges["uplink_ack_latency_ms"]
+        fields["dropped_total"] = sum(self.outbox.dropped.values())
+        if "uplink_ack_latency_ms" in g:
+            fields["ack_latency_ms"] = g["uplink_ack_latency_ms"]
+        if "uplink_live_ack_latency_ms" in g:
+            fields["live_ack_latency_ms"] = g["uplink_live_ack_latency_ms"]
+        fields.update(self.clock.as_fields())
+        fields.update(self.usage.fields())
         if alarm:
             fields["alarm"] = alarm
         tags = {"site": self.cfg.site, "gateway": self.cfg.gateway, "device": self.cfg.gateway}
@@ -132,7 +146,11 @@ class Agent:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.health_interval_s)
-            await self.emit([self._gateway_health()])
+            try:
+                oldest = await self.outbox.oldest_ns()
+                await self.emit([self._gateway_health(oldest_ns=oldest)])
+            except Exception as exc:  # e.g. disk full: report next time, never stop reporting
+                log.warning("could not record gateway health: %s", exc)
 
     def _write_status(self) -> None:
         doc = {
@@ -140,7 +158,13 @@ class Agent:
             "uplink": {"url": str(self.uplink.mqtt.url), "connected": self.uplink.connected,
                        "in_flight_batches": self.uplink.in_flight, "last_error": self.uplink.mqtt.last_error,
                        "last_rejection": self.uplink.last_rejection},
-            "outbox": {"rows": self.outbox.rows, "bytes": self.outbox.bytes, "dropped": self.outbox.dropped},
+            "outbox": {"rows": self.outbox.rows, "bytes": self.outbox.bytes, "dropped": self.outbox.dropped,
+                       "in_flight_points": self.outbox.in_flight, "damage": self.outbox.damage,
+                       # points committed by this run, including those whose source was cancelled
+                       # at shutdown just after the commit (and so never counted as accepted)
+                       "committed": self.outbox.committed_total},
+            "clock": {"offset_ns": self.clock.offset_ns, "correction_ns": self.clock.correction_ns,
+                      "corrected_points": self.clock.corrected_points},
             "devices": {**self.modbus.state, **(self.mqtt_source.state if self.mqtt_source else {})},
             "metrics": self.metrics.snapshot(),
         }

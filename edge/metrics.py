@@ -28,3 +28,20 @@ class Metrics:
     def snapshot(self) -> dict:
         return {"counters": dict(self.counters), "gauges": dict(self.gauges),
                 "uptime_s": round(time.time() - self.started, 1)}
+
+
+class ProcessUsage:
+    """This process's CPU (percent of one core since the last call) and resident memory."""
+
+    def __init__(self) -> None:
+        import psutil  # a dependency; imported here so importing Metrics stays cheap
+
+        self._proc = psutil.Process()
+        self._proc.cpu_percent(None)  # the first call only starts the measurement
+
+    def fields(self) -> dict[str, float | int]:
+        try:
+            return {"cpu_percent": float(self._proc.cpu_percent(None)),
+                    "memory_rss_bytes": int(self._proc.memory_info().rss)}
+        except Exception:  # psutil.Error on exotic kernels: health must still go out
+            return {}

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -24,6 +25,7 @@ import aiosqlite
 from common.aio import wait_event
 from common.points import Point, Priority
 from common.wire import point_json
+from edge.clock import CORRECTED_FIELD, PLAUSIBLE_FLOOR_NS, Clock
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,9 @@ def _check_or_move_aside(path: Path) -> str | None:
 
 class Outbox:
     def __init__(self, path: str | Path, max_bytes: int = 2 * 1024**3, commit_interval_s: float = 0.05,
-                 max_commit_points: int = 20_000) -> None:
+                 max_commit_points: int = 20_000, clock: Clock | None = None) -> None:
         self.path = Path(path)
+        self.clock = clock
         self.max_bytes = max_bytes
         self.commit_interval_s = commit_interval_s
         self.max_commit_points = max_commit_points
@@ -111,11 +114,16 @@ class Outbox:
         self._closing = False
         self._bytes = 0
         self._rows = 0
-        self._cursor = 0  # claims start after this id
+        self._cursor = 0  # the backlog lane claims after this id
+        self._top = 0  # highest id claimed by either lane; the live lane claims after it
         self._claims: dict[int, Claim] = {}  # by lo
         self.dropped: dict[str, int] = {p.name.lower(): 0 for p in Priority}
         self.damage: str | None = None
         self.committed_total = 0
+        self.commits = 0  # transactions, to show group commit at work
+        self._drop_logged: dict[str, float] = {}
+        # One connection, several tasks (writer, acks, claims): transactions must not interleave.
+        self._tx = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -135,6 +143,9 @@ class Outbox:
             for name, value in await cur.fetchall():
                 if name.startswith("dropped_"):
                     self.dropped[name[len("dropped_"):]] = value
+        # What is here already is backlog; the live lane takes only what arrives from now on.
+        async with self._db.execute("SELECT coalesce(max(id), 0) FROM points") as cur:
+            (self._top,) = await cur.fetchone()
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
 
     async def close(self) -> None:
@@ -153,6 +164,8 @@ class Outbox:
         fut = asyncio.get_running_loop().create_future()
         rows = []
         for p in points:
+            if self.clock is not None:
+                self.clock.fix(p)
             body = point_json(p)
             rows.append((int(p.priority), p.time_ns, len(body.encode()) + ROW_OVERHEAD, body))
         self._pending.append((rows, fut))
@@ -191,6 +204,11 @@ class Outbox:
 
     async def _commit(self, rows: list[tuple]) -> None:
         assert self._db is not None
+        async with self._tx:
+            await self._commit_locked(rows)
+
+    async def _commit_locked(self, rows: list[tuple]) -> None:
+        assert self._db is not None
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany("INSERT INTO points (prio, ts, bytes, body) VALUES (?, ?, ?, ?)", rows)
@@ -206,6 +224,7 @@ class Outbox:
                 self._rows, self._bytes = await cur.fetchone()
             raise
         self.committed_total += len(rows)
+        self.commits += 1
 
     async def _enforce_cap(self) -> None:
         """Drop oldest rows of the lowest priority until under the cap (inside the open transaction)."""
@@ -234,38 +253,104 @@ class Outbox:
                 await self._db.execute(
                     "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                     (f"dropped_{name}", self.dropped[name]))
-                log.warning("outbox full (%d bytes cap): dropped %d oldest %s points", self.max_bytes, len(take), name)
+                now = time.monotonic()
+                if now - self._drop_logged.get(name, -1e9) >= 60:  # once a minute; the counters are exact
+                    self._drop_logged[name] = now
+                    log.warning("outbox full (%d bytes cap): dropping the oldest %s points (%d so far). The uplink "
+                                "has been down too long or the cap is too small (outbox.max_bytes).",
+                                self.max_bytes, name, self.dropped[name])
             if self._bytes <= self.max_bytes:
                 break
 
     # -- reading for the uplink -------------------------------------------------------------
-    async def claim(self, max_points: int) -> Claim | None:
-        """The oldest unclaimed rows (up to max_points) as one batch, or None if there are none."""
+    async def claim(self, max_points: int, newest: bool = False) -> Claim | None:
+        """Up to max_points unclaimed rows as one batch (a contiguous id range), or None.
+
+        Two lanes share the outbox so that a backlog drains oldest first without starving live
+        data: the backlog lane (newest=False) walks up from the oldest row, skipping ranges the
+        live lane holds; the live lane (newest=True) takes only rows that arrived after everything
+        claimed so far.
+        """
         assert self._db is not None
-        async with self._db.execute(
-            "SELECT id, body FROM points WHERE id > ? ORDER BY id LIMIT ?", (self._cursor, max_points)
-        ) as cur:
-            rows = await cur.fetchall()
-        if not rows:
-            return None
+        if newest:
+            rows = await self._rows_between(self._top, None, max_points)
+            if not rows:
+                return None
+        else:
+            cursor = self._cursor
+            while True:
+                above = [c for c in self._claims.values() if c.lo > cursor]
+                nxt = min(above, key=lambda c: c.lo) if above else None
+                rows = await self._rows_between(cursor, nxt.lo if nxt else None, max_points)
+                if rows:
+                    break
+                if nxt is None:
+                    self._cursor = cursor
+                    return None
+                cursor = nxt.hi  # jump over a range the other lane holds
         claim = Claim(rows[0][0], rows[-1][0], [r[1] for r in rows])
-        self._cursor = claim.hi
+        if not newest:
+            self._cursor = claim.hi
+        self._top = max(self._top, claim.hi)
         self._claims[claim.lo] = claim
+        await self._correct_implausible(claim, rows)
         return claim
 
-    async def complete(self, claim: Claim) -> None:
-        """The collector acked this batch: delete it."""
+    async def _rows_between(self, after: int, before: int | None, limit: int) -> list[tuple]:
         assert self._db is not None
-        if self._claims.pop(claim.lo, None) is None:
-            return  # a duplicate or late ack
-        await self._db.execute("BEGIN IMMEDIATE")
-        async with self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM points WHERE id BETWEEN ? AND ?",
-                                    (claim.lo, claim.hi)) as cur:
-            n, b = await cur.fetchone()
-        await self._db.execute("DELETE FROM points WHERE id BETWEEN ? AND ?", (claim.lo, claim.hi))
-        await self._db.execute("COMMIT")
-        self._rows -= n
-        self._bytes -= b
+        if before is None:
+            sql, args = "SELECT id, body, ts FROM points WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        else:
+            sql, args = ("SELECT id, body, ts FROM points WHERE id > ? AND id < ? ORDER BY id LIMIT ?",
+                         (after, before, limit))
+        async with self._db.execute(sql, args) as cur:
+            return await cur.fetchall()
+
+    async def _correct_implausible(self, claim: Claim, rows: list[tuple]) -> None:
+        """Points stamped before the clock offset was known, by a clock that read an impossible
+        time (a box booted in 1970), are corrected now; the corrected body is stored, so a resend
+        after a crash carries the same timestamp."""
+        clock = self.clock
+        if clock is None or not clock.correction_ns:
+            return
+        fixed = []
+        for i, (rid, body, ts) in enumerate(rows):
+            if ts >= PLAUSIBLE_FLOOR_NS:
+                continue
+            item = json.loads(body)
+            item[3] = ts + clock.correction_ns
+            item[2][CORRECTED_FIELD] = True
+            new = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+            claim.bodies[i] = new
+            fixed.append((item[3], new, rid))
+        if fixed:
+            assert self._db is not None
+            async with self._tx:
+                await self._db.execute("BEGIN IMMEDIATE")
+                await self._db.executemany("UPDATE points SET ts = ?, body = ? WHERE id = ?", fixed)
+                await self._db.execute("COMMIT")
+            clock.corrected_points += len(fixed)
+
+    async def complete(self, claim: Claim) -> None:
+        """The collector acked this batch: delete it. A duplicate or late ack does nothing."""
+        assert self._db is not None
+        async with self._tx:
+            if self._claims.get(claim.lo) is not claim:
+                return  # a duplicate or late ack
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                async with self._db.execute(
+                        "SELECT count(*), coalesce(sum(bytes), 0) FROM points WHERE id BETWEEN ? AND ?",
+                        (claim.lo, claim.hi)) as cur:
+                    n, b = await cur.fetchone()
+                await self._db.execute("DELETE FROM points WHERE id BETWEEN ? AND ?", (claim.lo, claim.hi))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise  # the claim stays; the batch is resent and acked again
+            del self._claims[claim.lo]
+            self._rows -= n
+            self._bytes -= b
 
     def release_all(self) -> None:
         """Forget every claim (e.g. the uplink restarted): everything unacked is claimed anew."""
@@ -284,14 +369,20 @@ class Outbox:
     def bytes(self) -> int:
         return self._bytes
 
+    async def oldest_ns(self) -> int | None:
+        """Timestamp of the oldest row by arrival (cheap: the primary key, not a scan)."""
+        assert self._db is not None
+        async with self._db.execute("SELECT ts FROM points ORDER BY id LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
     async def stats(self) -> OutboxStats:
         assert self._db is not None
         by_class = {p.name.lower(): 0 for p in Priority}
         async with self._db.execute("SELECT prio, count(*) FROM points GROUP BY prio") as cur:
             for prio, n in await cur.fetchall():
                 by_class[Priority(prio).name.lower()] = n
-        async with self._db.execute("SELECT min(ts) FROM points") as cur:
-            (oldest,) = await cur.fetchone()
+        oldest = await self.oldest_ns()
         return OutboxStats(self._rows, self._bytes, oldest, by_class, dict(self.dropped), self.in_flight,
                            self.max_bytes, bool(self.damage))
 
@@ -303,11 +394,43 @@ def read_stats_offline(path: str | Path) -> dict:
         return {"rows": 0, "bytes": 0, "oldest_ns": None, "by_class": {}, "dropped": {}}
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        rows, size, oldest = db.execute("SELECT count(*), coalesce(sum(bytes),0), min(ts) FROM points").fetchone()
+        rows, size = db.execute("SELECT count(*), coalesce(sum(bytes),0) FROM points").fetchone()
+        first = db.execute("SELECT ts FROM points ORDER BY id LIMIT 1").fetchone()
+        oldest = first[0] if first else None
         by_class = {Priority(p).name.lower(): n for p, n in db.execute("SELECT prio, count(*) FROM points GROUP BY prio")}
-        dropped = {name[len("dropped_"):]: v for name, v in db.execute("SELECT name, value FROM counters")
-                   if name.startswith("dropped_")}
+        dropped = {p.name.lower(): 0 for p in Priority}
+        dropped.update({name[len("dropped_"):]: v for name, v in db.execute("SELECT name, value FROM counters")
+                        if name.startswith("dropped_")})
     finally:
         db.close()
     return {"rows": rows, "bytes": size, "oldest_ns": oldest, "by_class": by_class, "dropped": dropped,
             "file_bytes": os.path.getsize(path)}
+
+
+def export_line_protocol(path: str | Path, out, chunk: int = 10_000) -> tuple[int, int]:
+    """Write every point of the outbox file as InfluxDB line protocol, oldest first, without
+    deleting anything (the agent may keep running). Returns (points written, points skipped
+    because line protocol cannot carry them, e.g. no fields)."""
+    from common.lineprotocol import to_line  # only the operator command needs it
+
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5)
+    written = skipped = 0
+    try:
+        last = 0
+        while True:
+            rows = db.execute("SELECT id, body FROM points WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            lines = []
+            for _, body in rows:
+                try:
+                    lines.append(to_line(Point.from_wire(json.loads(body))))
+                except (ValueError, TypeError):
+                    skipped += 1
+            if lines:
+                out.write("\n".join(lines) + "\n")
+                written += len(lines)
+    finally:
+        db.close()
+    return written, skipped

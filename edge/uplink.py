@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from common import wire
 from common.aio import wait_event
 from common.mqtt import AsyncMqtt, Message
+from edge.clock import Clock
 from edge.config import EdgeConfig
 from edge.metrics import Metrics
 from edge.outbox import Claim, Outbox
@@ -33,11 +34,19 @@ class InFlight:
     first_sent: float
     last_sent: float
     sends: int = 1
+    live: bool = False  # claimed by the live lane (newest rows) rather than the backlog lane
 
 
 class Uplink:
-    def __init__(self, cfg: EdgeConfig, outbox: Outbox, metrics: Metrics) -> None:
+    #: In-flight slots kept for the live lane, so a backlog drain never delays fresh points by more
+    #: than about one collector round trip.
+    LIVE_SLOTS = 1
+
+    def __init__(self, cfg: EdgeConfig, outbox: Outbox, metrics: Metrics, clock: Clock | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock or outbox.clock or Clock()
+        self._probes: dict[str, float] = {}  # clock probes (empty batches) sent, by id
+        self._probe_n = 0
         self.ucfg = cfg.uplink
         self.outbox = outbox
         self.metrics = metrics
@@ -57,7 +66,11 @@ class Uplink:
         self.mqtt.on_messages(self._on_acks)
         self.mqtt.on_connection_change = self._on_connection_change
         self.last_rejection: str = ""
-        self.clock_offset_ns: int | None = None  # collector clock minus ours, from acks
+
+    @property
+    def clock_offset_ns(self) -> int | None:
+        """Collector clock minus ours, from acks (None until the first ack)."""
+        return self.clock.offset_ns
 
     def _state_payload(self, online: bool) -> bytes:
         return json.dumps({"state": "online" if online else "offline", "site": self.cfg.site,
@@ -114,17 +127,46 @@ class Uplink:
             await self.mqtt.stop()
 
     async def _fill(self) -> None:
-        while len(self._inflight) < self.ucfg.max_inflight:
-            claim = await self.outbox.claim(self.ucfg.batch_max_points)
-            if claim is None:
+        if not self.clock.known:
+            self._probe_clock()
+            if self.clock.certainly_wrong:
+                # Points stamped by a clock that reads 1970 would be refused as too old; hold
+                # them until the probe's ack tells us the offset (the outbox then corrects them).
                 return
-            batch_id = f"{self._boot}:{claim.lo}-{claim.hi}"
-            payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, batch_id, time.time_ns(), claim.bodies)
-            now = time.monotonic()
-            self._inflight[batch_id] = InFlight(batch_id, claim, payload, now, now)
-            self._send(self._inflight[batch_id])
-            self.metrics.count("uplink_batches_sent")
-            self.metrics.count("uplink_points_sent", claim.count)
+        cap = self.ucfg.max_inflight
+        backlog_cap = max(1, cap - self.LIVE_SLOTS)
+        if sum(f.live for f in self._inflight.values()) < self.LIVE_SLOTS and len(self._inflight) < cap:
+            await self._claim_and_send(live=True)
+        while sum(not f.live for f in self._inflight.values()) < backlog_cap and len(self._inflight) < cap:
+            if not await self._claim_and_send(live=False):
+                return
+
+    async def _claim_and_send(self, live: bool) -> bool:
+        claim = await self.outbox.claim(self.ucfg.batch_max_points, newest=live)
+        if claim is None:
+            return False
+        batch_id = f"{self._boot}:{claim.lo}-{claim.hi}"
+        payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, batch_id, self.clock.now_ns(), claim.bodies)
+        now = time.monotonic()
+        f = self._inflight[batch_id] = InFlight(batch_id, claim, payload, now, now, live=live)
+        self._send(f)
+        self.metrics.count("uplink_batches_sent")
+        self.metrics.count("uplink_points_sent", claim.count)
+        return True
+
+    def _probe_clock(self) -> None:
+        """An empty batch: the collector acks it with its clock, which is all we want from it."""
+        now = time.monotonic()
+        if any(now - t < self.ucfg.ack_timeout_s for t in self._probes.values()):
+            return
+        self._probe_n += 1
+        pid = f"{self._boot}:probe-{self._probe_n}"
+        self._probes = {pid: now}
+        payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, pid, self.clock.now_ns(), [])
+        try:
+            self.mqtt.publish_nowait(self.up_topic, payload, qos=1)
+        except Exception as exc:
+            log.debug("clock probe not sent: %s", exc)
 
     def _send(self, f: InFlight) -> None:
         try:
@@ -162,16 +204,32 @@ class Uplink:
             asyncio.ensure_future(self._handle_ack(ack))
 
     async def _handle_ack(self, ack: wire.Ack) -> None:
+        probe_sent = self._probes.pop(ack.batch_id, None)
+        if probe_sent is not None:
+            if ack.collector_ns:
+                rtt = time.monotonic() - probe_sent
+                self.clock.observe(ack.collector_ns, self.clock.now_ns() - int(rtt * 1e9 / 2))
+            self._wake.set()
+            return
         f = self._inflight.get(ack.batch_id)
         if f is None:
             self.metrics.count("uplink_stale_acks")  # duplicate or from an earlier run: harmless
             return
-        if ack.collector_ns:
+        if ack.collector_ns and f.sends == 1:
+            # Only unambiguous round trips: after a resend we cannot tell which send was acked.
             rtt = time.monotonic() - f.last_sent
-            self.clock_offset_ns = ack.collector_ns - (time.time_ns() - int(rtt * 1e9 / 2))
+            self.clock.observe(ack.collector_ns, self.clock.now_ns() - int(rtt * 1e9 / 2))
+        elif ack.collector_ns and not self.clock.known:
+            self.clock.observe(ack.collector_ns, self.clock.now_ns())
         if ack.status == "ok":
-            del self._inflight[ack.batch_id]
-            await self.outbox.complete(f.claim)
+            try:
+                await self.outbox.complete(f.claim)
+            except Exception as exc:  # disk trouble: keep the batch in flight; it is resent and acked again
+                log.error("could not delete acked batch %s from the outbox: %s", ack.batch_id, exc)
+                return
+            if self._inflight.pop(ack.batch_id, None) is None:
+                self.metrics.count("uplink_stale_acks")  # a duplicate that arrived while we were deleting
+                return
             self.metrics.count("uplink_batches_acked")
             self.metrics.count("uplink_points_acked", ack.written)
             if ack.refused:
@@ -179,10 +237,14 @@ class Uplink:
                 log.warning("collector refused %d points of batch %s: %s", ack.refused, ack.batch_id,
                             ack.reason or "see collector log")
             self.metrics.gauges["uplink_ack_latency_ms"] = int((time.monotonic() - f.first_sent) * 1000)
+            if f.live:
+                self.metrics.gauges["uplink_live_ack_latency_ms"] = int((time.monotonic() - f.first_sent) * 1000)
             self._wake.set()
         elif ack.status == "retry":
             self.metrics.count("uplink_retry_acks")
             log.info("collector cannot write now (%s); batch %s stays in the outbox", ack.reason, ack.batch_id)
+            # Try again in a few seconds rather than a whole ack timeout: InfluxDB restarts are short.
+            f.last_sent = time.monotonic() - self.ucfg.ack_timeout_s + min(self.ucfg.ack_timeout_s, 5.0)
         else:
             self.metrics.count("uplink_rejected_batches")
             if ack.reason != self.last_rejection:
