@@ -45,7 +45,7 @@ def test_central_broker_stopped_and_restarted(site, central_broker):
     site.start_edge()
     wait_for(lambda: site.influx.count("meter", site.db, "voltage") >= 3, timeout=20, what="first meter rows")
     central_broker.stop()
-    _running(site, 8)
+    _running(site, 60)  # a full minute, as the issue asks: meters keep polling into the outbox
     st = site.status()
     assert st["uplink"]["connected"] is False
     central_broker.start()  # persistence on: the collector's session and queued batches survive
