@@ -245,6 +245,9 @@ class MeterServer:
         self.rng = random.Random(seed)
         self.framing = framing
         self.requests = 0
+        #: When set to a list, every RTU transaction is recorded as (request arrived, answer sent, unit):
+        #: tests use it to prove one transaction at a time on a line, with the inter-frame gap.
+        self.trace: list[tuple[float, float, int]] | None = None
         self._server: asyncio.base_events.Server | None = None
 
     def answer(self, unit: int, pdu: bytes) -> tuple[int, bytes, bool] | None:
@@ -304,10 +307,13 @@ class MeterServer:
             if not data:
                 return
             for frame in deframer.feed(data):
+                t_in = time.monotonic()
                 out = self.rtu_reply(frame)
                 if out is not None:
                     writer.write(out)
                     await writer.drain()
+                    if self.trace is not None:
+                        self.trace.append((t_in, time.monotonic(), frame[0]))
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._client, host, port)

@@ -354,3 +354,28 @@ async def test_health_every_health_interval_and_on_change(tmp_path):
     for p in sink.of("meter", "h"):
         by_ts[p.time_ns] += 1
     assert max(by_ts.values()) == 1
+
+
+async def test_a_serial_line_carries_one_transaction_at_a_time_with_the_gap(tmp_path):
+    """Four meters behind one serial device server, polled at once with a parallel limit of 4:
+    the line still sees one request at a time, each after the previous answer plus 3.5 characters."""
+    srv, port = await start_sim("eastron-sdm120", [1, 2, 3, 4], framing="rtu")
+    srv.trace = []
+    cfg = make_cfg(tmp_path, timeout=0.5, retries=0)
+    cfg.modbus.max_parallel_per_endpoint = 4  # tempt it: a serial line must ignore this
+    sink = Sink()
+    poller = ModbusPoller(cfg, LIB, sink, Metrics())
+    t = Transport("rtu_over_tcp", host="127.0.0.1", port=port, baud=1200, parity="E", data_bits=8, stop_bits=1)
+    poller.reconcile([Device(f"m{u}", "eastron-sdm120", t, unit=u, interval_s=0.5) for u in (1, 2, 3, 4)])
+    await asyncio.sleep(2.3)
+    await poller.stop()
+    await srv.stop()
+    trace = sorted(srv.trace)
+    assert len(trace) >= 4 * 3 * 3, len(trace)  # 4 meters x 3 requests per poll x >= 3 polls
+    gap = 3.5 * 11 / 1200  # 8E1: 11 bits a character
+    for (in_a, out_a, _), (in_b, _, _) in zip(trace, trace[1:]):
+        assert in_b > out_a, "a request arrived before the previous answer left: two transactions at once"
+        assert in_b - out_a >= gap * 0.9, f"only {1000 * (in_b - out_a):.1f} ms of silence; {1000 * gap:.1f} needed"
+    assert {u for *_, u in trace} == {1, 2, 3, 4}
+    for u in (1, 2, 3, 4):
+        assert sink.of("meter", f"m{u}")
