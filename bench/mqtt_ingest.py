@@ -9,8 +9,11 @@ acknowledged. CPU is this process's CPU time (all threads: paho, asyncio, the SQ
 so it is the edge's cost per event, not the simulator's.
 
 Run: python bench/mqtt_ingest.py [--events N] [--gates N] [--dialect D]
+     [--inflight N] [--commit-interval S] [--switch-interval S]   (what-ifs: broker window,
+     outbox group-commit interval, GIL hand-over; the defaults are what the box runs)
+Mapping alone, without broker or outbox: bench/mqtt_map.py.
 Last line, always the same form:
-BENCH mqtt_ingest dialect=... events=... events_per_s=... cpu_ms_per_event=... emits=... points=...
+BENCH mqtt_ingest dialect=... events=... events_per_s=... cpu_ms_per_event=... emits=... outbox_commits=... points=...
 """
 
 from __future__ import annotations
@@ -88,15 +91,25 @@ def main() -> None:
     ap.add_argument("--gates", type=int, default=200)
     ap.add_argument("--dialect", default="hikvision-isapi")
     ap.add_argument("--publishers", type=int, default=2, help="simulator processes filling the broker")
+    ap.add_argument("--inflight", type=int, default=None,
+                    help="broker max_inflight_messages (default: as configs/mosquitto/box-broker.conf)")
+    ap.add_argument("--commit-interval", type=float, default=None, help="outbox commit_interval_s")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval for the edge process (GIL hand-over between paho and asyncio)")
     a = ap.parse_args()
+    if a.switch_interval is not None:
+        sys.setswitchinterval(a.switch_interval)
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
         tmp_path = Path(tmp)
-        broker = Mosquitto(tmp_path / "mosquitto").start()
+        extra = f"max_inflight_messages {a.inflight}\n" if a.inflight is not None else ""
+        broker = Mosquitto(tmp_path / "mosquitto", extra_conf=extra).start()
         try:
             cfg = EdgeConfig(site="bench", gateway="gw-01", state_dir=str(tmp_path / "state"),
                              local_broker=BrokerConfig(url=broker.url), uplink=UplinkConfig(url=broker.url))
+            if a.commit_interval is not None:
+                cfg.outbox.commit_interval_s = a.commit_interval
             cfg.state_path.mkdir(parents=True)
             reg = Registry(cfg.registry_db)
             for n in range(1, a.gates + 1):
@@ -136,7 +149,8 @@ def main() -> None:
             if committed < a.events:
                 print(f"WARNING: only {committed} of {a.events} events arrived before the time limit")
             print(f"BENCH mqtt_ingest dialect={a.dialect} events={committed} events_per_s={rate:.0f} "
-                  f"cpu_ms_per_event={cpu_ms:.4f} emits={edge.commits} points={rows}")
+                  f"cpu_ms_per_event={cpu_ms:.4f} emits={edge.commits} outbox_commits={edge.outbox.commits} "
+                  f"points={rows}")
             reg.close()
         finally:
             broker.stop()

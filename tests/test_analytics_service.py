@@ -480,7 +480,7 @@ async def test_gate_snapshots_through_the_mqtt_source_on_a_real_broker(tmp_path,
     reg.add(Device(id="东门", profile="generic-facegate", transport=Transport("mqtt", mqtt_id="gate-2")))
     collected: list[Point] = []
 
-    async def emit(points: list[Point]) -> None:
+    async def emit(points: list[Point], *, stamped: bool = False) -> None:
         collected.extend(points)
 
     metrics = Metrics()
@@ -535,7 +535,7 @@ async def test_optional_settings_time_zone_and_threshold(tmp_path, caplog):
 
     out: list[Point] = []
 
-    async def emit(points):
+    async def emit(points, *, stamped=False):
         out.extend(points)
 
     berlin = ZoneInfo("Europe/Berlin")

@@ -43,7 +43,7 @@ class Harness:
         self.source: MqttSource | None = None
         self.task: asyncio.Task | None = None
 
-    async def emit(self, points) -> None:
+    async def emit(self, points, *, stamped: bool = False) -> None:
         if self.fail:
             raise OSError("disk full (test)")
         self.emits += 1
@@ -220,7 +220,10 @@ async def test_heartbeat_timeout_drives_device_health(tmp_path, mosquitto, caplo
     pub = await _publisher(mosquitto.url)
     rng = random.Random(4)
     await pub.publish(*pl.elevator_heartbeat("lift-1", rng, NOW(), 10))
-    await _until(lambda: h.source.state["lift A"]["online"] is True, what="online")
+    # The state flips when the message is mapped, the point is emitted by the commit task after
+    # it: wait for both (waiting for the state alone raced with the commit).
+    await _until(lambda: h.source.state["lift A"]["online"] is True
+                 and any("uptime_s" in p.fields for p in h.of("device_health", "lift A")), what="online")
 
     def logged(word: str) -> int:
         return sum("lift A" in r.message and word in r.message for r in caplog.records)
@@ -397,3 +400,52 @@ async def test_missing_and_mistyped_fields(tmp_path, mosquitto, caplog):
     assert sum("missing field" in r.message for r in caplog.records) == 1
     await h.stop()
     await pub.stop()
+
+
+def test_replayed_message_keeps_its_timestamp_and_registry_tags(tmp_path):
+    """The per-message hot path (no broker needed): registry tags on every point, the payload
+    fingerprint below the millisecond (same message -> same time, another message of the same
+    second -> another time), device times with sub-ms digits kept, and a registry change seen."""
+    import paho.mqtt.client as paho
+
+    from edge.mqtt.source import _stable_time
+
+    h = Harness(tmp_path, "mqtt://127.0.0.1:1")
+    h.add("gate A", "hikvision-isapi", "gate-1", building="3")
+    src = MqttSource(h.cfg, ProfileLibrary(), h.registry, h.emit, h.metrics)
+    src.reconcile(h.registry.all())
+
+    def msg(payload: bytes) -> paho.MQTTMessage:
+        m = paho.MQTTMessage(mid=1, topic=b"hikvision/gate-1/event")
+        m.payload, m.qos = payload, 1
+        return m
+
+    t = datetime(2026, 3, 2, 8, 0, 1, tzinfo=timezone.utc)
+    rng = random.Random(5)
+    a = pl.facegate_message("hikvision-isapi", "gate-1", rng, t)[1]
+    b = pl.facegate_message("hikvision-isapi", "gate-1", rng, t)[1]
+    now = time.time_ns()
+    first = src._handle(msg(a), now)
+    again = src._handle(msg(a), now + 5)
+    other = src._handle(msg(b), now)
+    assert first and again and other
+    ev = [p for p in first[0] if p.measurement == "gate_event"][0]
+    assert ev.time_ns == _stable_time(int(t.timestamp()) * 10**9, a) != int(t.timestamp()) * 10**9
+    assert [p.time_ns for p in again[0] if p.measurement == "gate_event"] == [ev.time_ns]
+    assert [p.time_ns for p in other[0] if p.measurement == "gate_event"] != [ev.time_ns]
+    assert ev.tags["site"] == "sunny-garden" and ev.tags["device"] == "gate A" and ev.tags["building"] == "3"
+    # the first message also said the device is online, with the same tags at the receive time
+    health = [p for p in first[0] if p.measurement == "device_health"]
+    assert health and health[0].time_ns == now and health[0].tags.items() <= ev.tags.items()
+    # sub-millisecond device time: kept as the device gave it
+    d = json.loads(a)
+    d["dateTime"] = "2026-03-02T16:00:01.123456+08:00"
+    sub = src._handle(msg(json.dumps(d).encode()), now)
+    assert sub and [p.time_ns for p in sub[0]] == [int(t.timestamp()) * 10**9 + 123_456_000]
+    # a registry change (new building) reaches the points of the next message
+    h.registry.remove("gate A")
+    h.add("gate A", "hikvision-isapi", "gate-1", building="4")
+    src.reconcile(h.registry.all())
+    moved = src._handle(msg(b), now)
+    assert moved and {p.tags["building"] for p in moved[0]} == {"4"}
+    h.registry.close()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from common.mqtt import AsyncMqtt, Message
-from common.points import Point, Priority
+from common.points import Point, Priority, UniqueTimestamps
 from common.yamlconf import ConfigError
 from edge.config import EdgeConfig
 from edge.metrics import Metrics
@@ -43,7 +43,7 @@ from edge.registry import Device, Registry
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[list[Point]], Awaitable[None]]
+Emit = Callable[..., Awaitable[None]]  # emit(points, *, stamped=False): Agent.emit
 
 #: Largest payload mapped; gates with base64 snapshots send up to ~200 KB.
 MAX_PAYLOAD = 256 * 1024
@@ -63,6 +63,7 @@ class _Registered:
     device: Device
     profile: MqttProfile
     options: dict[str, Any]
+    tags: dict[str, str]  # what every point of the device carries: site, gateway, device, location
 
 
 class _Bucket:
@@ -80,6 +81,13 @@ class _Bucket:
             self.tokens -= 1
             return True
         return False
+
+
+_KIND_COUNTER = {k: f"mqtt_{k}s" for k in ("event", "alarm", "status", "heartbeat")}
+
+
+def _who(dev: Device) -> str:
+    return f"{dev.id} (mqtt id {dev.transport.mqtt_id})"
 
 
 def _stable_time(ts_ns: int, payload: bytes) -> int:
@@ -115,6 +123,7 @@ class MqttSource:
         self.analytics = analytics
         self.flood_rate, self.flood_burst = flood_rate, flood_burst
         self.privacy = _make_privacy(cfg)
+        self._unique = UniqueTimestamps()
         self.state: dict[str, dict] = {}
         self.profiles: dict[str, MqttProfile] = {}
         self._topic_profiles: dict[str, list[tuple[MqttProfile, str | None]]] = {}
@@ -167,7 +176,8 @@ class MqttSource:
                                   "its messages are not forwarded", d.id, d.profile)
                 continue
             opts = {k: v for k, v in d.options.items() if k in prof.options}
-            index[(prof.id, d.transport.mqtt_id)] = _Registered(d, prof, opts)
+            index[(prof.id, d.transport.mqtt_id)] = _Registered(
+                d, prof, opts, {**self._base_tags, "device": d.id, **d.tags})
             self.state.setdefault(d.id, {"online": None, "last_seen_ns": None, "messages": 0,
                                          "errors": 0, "consecutive_failures": 0,
                                          "mqtt_id": d.transport.mqtt_id})
@@ -235,6 +245,7 @@ class MqttSource:
 
     def _process(self, batch: list[Message]) -> None:
         now = time.time_ns()
+        self.metrics.count("mqtt_messages", len(batch))
         points: list[Point] = []
         to_ack: list[Message] = []
         for msg in batch:
@@ -266,7 +277,8 @@ class MqttSource:
             self.mqtt.ack(msg)
 
     def _handle(self, msg: Message, now: int) -> tuple[list[Point], bytes | None] | None:
-        self.metrics.count("mqtt_messages")
+        """One message (counted in mqtt_messages by the caller): its points and snapshot, or None
+        when it is dropped or not forwarded."""
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -305,7 +317,6 @@ class MqttSource:
             return None
         dev = reg.device
         st = self.state[dev.id]
-        who = f"{dev.id} (mqtt id {dev.transport.mqtt_id})"
         if not dev.enabled:
             self.metrics.count("mqtt_disabled_device")
             return None
@@ -313,14 +324,14 @@ class MqttSource:
         if bucket is None:
             bucket = self._buckets[dev.id] = _Bucket(self.flood_burst)
         if not bucket.take(self.flood_rate, self.flood_burst):
-            self._drop("flood", who, f"more than {self.flood_rate:g} messages/s sustained")
+            self._drop("flood", _who(dev), f"more than {self.flood_rate:g} messages/s sustained")
             return None
         try:
             mapped = map_message(reg.profile, topic, payload, privacy=self.privacy, now_ns=now,
                                  max_bytes=MAX_PAYLOAD, options=reg.options)
         except MapError as exc:
             st["errors"] += 1
-            self._drop(exc.reason, who, str(exc))
+            self._drop(exc.reason, _who(dev), str(exc))
             return None
         for w in mapped.warnings:
             self.metrics.count("mqtt_warnings")
@@ -330,16 +341,23 @@ class MqttSource:
 
     def _finish(self, reg: _Registered, mapped: Mapped, payload: bytes, now: int) -> list[Point]:
         dev = reg.device
-        tags = {**self._base_tags, "device": dev.id, **dev.tags}
+        tags = reg.tags
         st = self.state[dev.id]
         st["last_seen_ns"] = now
         st["messages"] += 1
         st["last_kind"] = mapped.kind
         points = mapped.points
+        crc = None  # one fingerprint per message, whatever the number of points
         for p in points:
             p.tags.update(tags)
-            if p.time_ns != now:
-                p.time_ns = _stable_time(p.time_ns, payload)
+            if p.time_ns == now:
+                # Stamped on receipt: nothing to keep stable across a redelivery, but two messages
+                # handled in the same instant must not overwrite each other.
+                self._unique.stamp(p)
+            elif not p.time_ns % 1_000_000:  # see _stable_time
+                if crc is None:
+                    crc = zlib.crc32(payload) % 1_000_000
+                p.time_ns += crc
             if p.measurement == "device_health":
                 p.fields["online"] = True
         if st["online"] is not True:
@@ -349,7 +367,7 @@ class MqttSource:
                 points.append(self._health(dev, True, now))
         elif mapped.kind == "heartbeat" and not points:
             points.append(self._health(dev, True, now))
-        self.metrics.count(f"mqtt_{mapped.kind}s")
+        self.metrics.count(_KIND_COUNTER.get(mapped.kind) or f"mqtt_{mapped.kind}s")
         return points
 
     def _health(self, dev: Device, online: bool, now: int, **extra: Any) -> Point:
@@ -393,7 +411,8 @@ class MqttSource:
         delay = 0.5
         while True:
             try:
-                await self.emit(points)
+                # Our timestamps are replay-stable (device time + fingerprint): the agent must not move them.
+                await self.emit(points, stamped=True)
                 break
             except Exception as exc:  # outbox write failed: keep the messages unacknowledged
                 self._failing = True
