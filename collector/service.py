@@ -159,8 +159,15 @@ class Collector:
     # -- stage 1: check ----------------------------------------------------------------------
     async def _checker(self) -> None:
         limit_points, limit_batches = self.cfg.write.max_points, self.cfg.write.max_batches
+        mono = time.monotonic
         while True:
+            t0 = mono()
             msg = await self._queue.get()
+            # Where the pipeline waits (ms, in status and collector_health): a checker idle for
+            # batches while edges have a backlog points at the broker side, one blocked on the
+            # writer at InfluxDB.
+            if self.counters["batches_in"]:  # not the wait for the very first batch
+                self.counters["checker_idle_ms"] += int((mono() - t0) * 1000)
             self._busy += 1
             try:
                 group = Group()
@@ -178,9 +185,16 @@ class Collector:
                     if (group.points >= limit_points or len(group.items) >= limit_batches
                             or self._queue.empty()):
                         break
+                    # Let the writer run between batches: awaiting a non-empty queue never yields,
+                    # and without this the HTTP body of the group in flight would not be sent and
+                    # its answer not read until this group is done (no overlap with InfluxDB).
+                    await asyncio.sleep(0)
                     msg = self._queue.get_nowait()
                 if group.items:
+                    t0 = mono()
                     await self._groups.put(group)
+                    self.counters["checker_blocked_ms"] += int((mono() - t0) * 1000)
+                await asyncio.sleep(0)  # same reason, between groups
             finally:
                 self._busy -= 1
 
@@ -204,7 +218,7 @@ class Collector:
                     "send smaller batches (edge uplink batch size) or raise limits.max_batch_bytes")))
             return self._refuse(msg, "too_large")
         try:
-            batch = wire.decode_batch(payload, max_bytes=max(lim.max_batch_bytes * 8, 1 << 20))
+            batch = wire.decode_batch_items(payload, max_bytes=max(lim.max_batch_bytes * 8, 1 << 20))
         except wire.WireError as exc:
             self._log_once(f"malformed:{gateway}", logging.WARNING, "malformed batch from %s/%s: %s",
                            site, gateway, exc)
@@ -216,14 +230,14 @@ class Collector:
                            site, gateway, reason)
             self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
             return self._refuse(msg, "unauthorised")
-        n = len(batch.points) + batch.bad_items
+        n = len(batch.items)
         if n > lim.max_points_per_batch:
             reason = f"{n} points in one batch, more than the collector's limit of {lim.max_points_per_batch}"
             self._log_once(f"many:{gateway}", logging.WARNING, "refused a batch from %s/%s: %s", site, gateway, reason)
             self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
             return self._refuse(msg, "too_many_points")
         self.counters["points_in"] += n
-        verdict = self.lines.check(batch, time.time_ns())
+        verdict = self.lines.check_items(site, gateway, batch.items, time.time_ns())
         for r, k in verdict.refused.items():
             self.counters[f"refused_{r}"] += k
             self._log_once(f"refused:{gateway}:{r}", logging.WARNING,

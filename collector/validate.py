@@ -4,9 +4,13 @@ A batch is refused whole when its topic, gateway and site disagree or the gatewa
 single points are refused (and counted by reason) when they break a rule, and the good points
 around them are still written.
 
-`LineMaker` is the hot path: it checks and formats in one pass, and remembers the series heads
-(measurement + tags) and field keys it has already checked, because a batch holds the same few
-devices over and over.
+`LineMaker` is the hot path: it checks and formats in one pass, straight from the decoded JSON
+(no Point per item), and remembers the series heads (measurement + tags) and field keys it has
+already checked, because a batch holds the same few devices over and over. A point whose series
+and field set (keys and value types) passed before is formatted from a cached template of its
+whole line; only its values are checked (time window, integer range, finiteness). The rules
+themselves live once, in the full checks here and in common/lineprotocol.py: the template is
+built from them, and any point that fails the fast path goes through them for its reason.
 """
 
 from __future__ import annotations
@@ -89,12 +93,16 @@ class LineMaker:
     def __init__(self, limits: Limits, max_cache: int = 100_000, escape_newlines: bool = False) -> None:
         self.limits = limits
         self.escape_newlines = escape_newlines
-        self._heads: dict[tuple, str] = {}     # (measurement, site, gateway, tag items) -> head or "!reason"
+        self._heads: dict[tuple, str] = {}     # (site, gateway, measurement, tag keys, tag values) -> head or "!reason"
         self._keys: dict[str, str] = {}        # field key -> escaped key, or "!reason"
+        # (site, gateway, measurement, tag keys, tag values, None, field keys, value types)
+        #   -> (%-format template of the whole line, positions of integer fields)
+        self._fast: dict[tuple, tuple] = {}
         self._max_cache = max_cache
 
     def _head(self, site: str, gateway: str, measurement: str, tags: dict) -> str:
-        key = (measurement, site, gateway, *tags.items())
+        # Flat key: n tag keys then their n values (no item tuples to build; the length fixes n).
+        key = (site, gateway, measurement, *tags, *tags.values())
         try:
             return self._heads[key]
         except KeyError:
@@ -122,73 +130,119 @@ class LineMaker:
         self._keys[k] = esc
         return esc
 
-    def _fields(self, fields: dict) -> str:
-        """`k=v,...` or "!reason"."""
-        if not fields:
-            return "!no_fields"
-        if len(fields) > self.limits.max_fields:
-            return "!too_many_fields"
-        max_len = self.limits.max_string_len
-        out = []
-        for k, v in fields.items():
+    def _template(self, fields: dict) -> tuple | None:
+        """The fast form of a field set seen before: a %-format template for its keys and value
+        types, and the positions of its integers (range-checked per point). None when the set
+        needs the full per-field check (bools, strings, a bad key, too many fields): the fast path
+        only ever formats what the full checks in `check_items` would format, and the same way."""
+        if not fields or len(fields) > self.limits.max_fields:
+            return None
+        parts, ints = [], []
+        for i, (k, val) in enumerate(fields.items()):
             ek = self._field_key(k)
             if ek[0] == "!":
-                return ek
-            t = type(v)
+                return None
+            ek = ek.replace("%", "%%")  # a literal percent sign in a %-format template
+            t = type(val)
             if t is float:
-                if v - v != 0.0:  # NaN or an infinity, faster than math.isfinite
-                    return "!nan_or_infinity"
-                out.append(ek + repr(v))
+                parts.append(ek + "%r")  # %r is repr(): the same text as the full checks
             elif t is int:
-                if not _INT_MIN <= v <= _INT_MAX:
-                    return "!integer_out_of_range"
-                out.append(f"{ek}{v}i")
-            elif t is bool:
-                out.append(ek + ("true" if v else "false"))
-            elif t is str:
-                if len(v) > max_len:
-                    return "!string_too_long"
-                if self.escape_newlines and ("\n" in v or "\r" in v):
-                    v = v.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-                    out.append(ek + '"' + v.replace('"', '\\"') + '"')
-                else:
-                    out.append(ek + escape_string_field(v))
+                parts.append(ek + "%di")  # %d of an int is str(): the same text as the full checks
+                ints.append(i)
             else:
-                return "!bad_field"
-        return ",".join(out)
+                return None
+        return ",".join(parts) + " %d", tuple(ints)
 
     def check(self, batch: Batch, now_ns: int) -> Verdict:
-        """Every point of a batch: good ones become lines, bad ones are counted by reason.
-
-        The loop is written out flat (locals, no per-field method calls): it runs once per point."""
-        v = Verdict()
+        """Every point of a batch of Points (tests, tools): see `check_items`."""
+        v = self.check_items(batch.site, batch.gateway, [p.to_wire() for p in batch.points], now_ns)
         if batch.bad_items:
             v.refused["malformed_point"] += batch.bad_items
+        return v
+
+    def check_items(self, site: str, gateway: str, items: list, now_ns: int) -> Verdict:
+        """Every wire item of a batch (as decoded JSON, `wire.RawBatch.items`): good ones become
+        lines, bad ones are counted by reason. Items that are not well-formed points are judged by
+        `Point.from_wire` (the one definition of a point's shape) and counted `malformed_point`.
+
+        The loop is written out flat (locals, no per-point method calls on the common path): it
+        runs once per point. Points whose series head and field set (keys and value types) were
+        seen and passed before take the fast path: one dict look-up, the time window, a
+        finiteness test for all floats at once and one %-format of the whole line; anything
+        else goes through the full checks (which decide the reason of a refusal)."""
+        v = Verdict()
         lo = now_ns - int(self.limits.max_past_s * 1e9)
         hi = now_ns + int(self.limits.max_future_s * 1e9)
-        site, gateway = batch.site, batch.gateway
         lines, refused = v.lines, v.refused
         append = lines.append
         newest = 0
-        heads, keys = self._heads, self._keys
+        heads, keys, fast_cache = self._heads, self._keys, self._fast
         max_fields, max_len, esc_nl = self.limits.max_fields, self.limits.max_string_len, self.escape_newlines
-        field_key, head_of = self._field_key, self._head
-        for p in batch.points:
+        field_key, head_of, template_of = self._field_key, self._head, self._template
+        for item in items:
+            # Fast path: one look-up by everything that decides the checks except the values. The
+            # cache only holds keys of points that passed every check, so a hit means the item is
+            # a well-formed point (a str measurement equal to a stored one, dicts for tags and
+            # fields: a list or string has no .values()) with a good head and field set.
             try:
-                head = heads[(p.measurement, site, gateway, *p.tags.items())]
+                m, tags, fields, ts = item
+                vals = fields.values()
+                fkey = (site, gateway, m, *tags, *tags.values(), None, *fields, *map(type, vals))
+                fmt, ints = fast_cache[fkey]
+            except KeyError:
+                pass  # fkey is remembered below if the point passes the checks
+            except (TypeError, ValueError, AttributeError):  # not a well-formed point
+                fkey = None
+            else:
+                if type(ts) is int and lo <= ts <= hi:
+                    if ints:
+                        lst = list(vals)
+                        for i in ints:
+                            if not _INT_MIN <= lst[i] <= _INT_MAX:
+                                break
+                        else:
+                            ints = None
+                    if not ints:
+                        total = sum(vals)  # NaN or an infinity anywhere makes the sum non-finite
+                        if total - total == 0.0:
+                            if ts > newest:
+                                newest = ts
+                            append(fmt % (*vals, ts))  # %-format: faster than str.format here
+                            continue
+                # out of the window, an integer out of range, a non-finite value (or finite
+                # values whose sum overflows): the full checks below decide and give the reason
+            # Full checks, in their order: shape, head, time window, fields.
+            if type(item) is list and len(item) == 4:
+                m, tags, fields, ts = item
+                well_formed = type(m) is str and type(tags) is dict and type(fields) is dict and type(ts) is int
+            else:
+                well_formed = False
+            if not well_formed:  # rare: let the point model decide (it may still accept a look-alike)
+                try:
+                    p = Point.from_wire(item)
+                except (TypeError, ValueError):
+                    refused["malformed_point"] += 1
+                    continue
+                m, tags, fields, ts = p.measurement, p.tags, p.fields, p.time_ns
+            try:
+                head = heads[(site, gateway, m, *tags, *tags.values())]
             except (KeyError, TypeError):
-                head = head_of(site, gateway, p.measurement, p.tags)
+                head = head_of(site, gateway, m, tags)
             if head[0] == "!":
                 refused[head[1:]] += 1
                 continue
-            ts = p.time_ns
             if ts < lo:
                 refused["too_old"] += 1
                 continue
             if ts > hi:
                 refused["in_the_future"] += 1
                 continue
-            fields = p.fields
+            if fkey is not None and well_formed and fkey not in fast_cache:
+                tpl = template_of(fields)
+                if tpl is not None:  # the next point of this series and field set takes the fast path
+                    if len(fast_cache) >= self._max_cache:
+                        fast_cache.clear()
+                    fast_cache[fkey] = (head.replace("%", "%%") + tpl[0], tpl[1])
             if not fields or len(fields) > max_fields:
                 refused["no_fields" if not fields else "too_many_fields"] += 1
                 continue

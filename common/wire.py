@@ -23,11 +23,12 @@ logs the reason for the installer, because it is a configuration problem that so
 from __future__ import annotations
 
 import json
-
-import orjson
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
+
+import orjson
 
 from common.points import Point
 
@@ -99,8 +100,21 @@ def encode_batch_raw(site: str, gateway: str, batch_id: str, sent_ns: int, items
     return zlib.compress((head[:-1] + ',"points":[' + ",".join(items_json) + "]}").encode(), level)
 
 
-def decode_batch(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> Batch:
-    """Parse a batch payload. Raises WireError with a reason for anything malformed."""
+@dataclass(slots=True)
+class RawBatch:
+    """A decoded batch whose points are still the wire items (lists) as JSON gave them: the
+    collector checks and formats them directly, without building a Point per item (its hot path).
+    Items may be malformed; `Point.from_wire` says which (the collector counts them)."""
+    site: str
+    gateway: str
+    batch_id: str
+    items: list
+    sent_ns: int = 0
+
+
+def decode_batch_items(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> RawBatch:
+    """Parse a batch payload down to its items. Raises WireError with a reason for anything
+    malformed at the batch level; single items are not checked here."""
     try:
         d = zlib.decompressobj()
         raw = d.decompress(payload, max_bytes)
@@ -125,16 +139,23 @@ def decode_batch(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> Batch:
     items = doc.get("points")
     if not isinstance(items, list):
         raise WireError("batch field 'points' must be a list")
+    sent = doc.get("sent_ns", 0)
+    return RawBatch(doc["site"], doc["gateway"], doc["batch"], items,
+                    sent if isinstance(sent, int) else 0)
+
+
+def decode_batch(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> Batch:
+    """Parse a batch payload into Points. Raises WireError with a reason for anything malformed;
+    items that are not points are counted in `bad_items`."""
+    r = decode_batch_items(payload, max_bytes)
     points: list[Point] = []
     bad = 0
-    for item in items:
+    for item in r.items:
         try:
             points.append(Point.from_wire(item))
         except (TypeError, ValueError):
             bad += 1
-    sent = doc.get("sent_ns", 0)
-    return Batch(doc["site"], doc["gateway"], doc["batch"], points,
-                 sent if isinstance(sent, int) else 0, bad)
+    return Batch(r.site, r.gateway, r.batch_id, points, r.sent_ns, bad)
 
 
 @dataclass(slots=True)
@@ -177,4 +198,12 @@ def decode_ack(payload: bytes) -> Ack:
 
 def point_json(point: Point) -> str:
     """A point serialised as stored in the outbox and spliced into batches."""
-    return json.dumps(point.to_wire(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    item = point.to_wire()
+    # orjson writes the same JSON ~10x faster; the stdlib keeps refusing NaN/Inf (orjson would
+    # write null) and writes integers past 64 bits, which the collector then refuses per point.
+    if all(type(v) is not float or math.isfinite(v) for v in point.fields.values()):
+        try:
+            return orjson.dumps(item).decode()
+        except TypeError:
+            pass
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)

@@ -75,3 +75,55 @@ def test_escape_newlines_mode():
     v = LineMaker(LIM, escape_newlines=True).check(Batch("s", "g", "b", [_p(fields={"s": 'x\ny"\\'})]), NOW)
     assert v.lines == [f'meter,device=d,gateway=g,site=s s="x\\ny\\"\\\\" {NOW}']
     assert "\n" not in v.lines[0]
+
+
+# -- the fast path (cached field-set templates) formats and refuses exactly as the full checks --
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class _FullChecksOnly(LineMaker):
+    def _template(self, fields):  # every point through the full checks
+        return None
+
+
+_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e308, -1e308, 2**63 - 1, -2**63]),
+                     st.integers(min_value=-2**64, max_value=2**64), st.booleans(), st.text(max_size=40))
+_keys = st.sampled_from(["v", "a{b}", "{0}", "%s", "%%", "c d", "x,y=z", "长", "", "k\n", "q\\"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(_keys, _numbers, max_size=4), st.sampled_from(["d", "e", "f g", "{x}", "a%sb%", "%%"])), max_size=30))
+def test_fast_path_equals_full_checks(rows):
+    items = [["meter", {"site": "s", "gateway": "g", "device": dev}, fields, NOW + i] for i, (fields, dev) in enumerate(rows)]
+    fast, full = LineMaker(LIM), _FullChecksOnly(LIM)
+    for _ in range(2):  # the second pass runs on warm caches
+        a, b = fast.check_items("s", "g", items, NOW), full.check_items("s", "g", items, NOW)
+        assert (a.lines, a.refused, a.newest_ns) == (b.lines, b.refused, b.newest_ns)
+
+
+def test_fast_path_edge_cases():
+    maker = LineMaker(LIM)
+    tags = {"site": "s", "gateway": "g", "device": "5%s{0}"}  # format characters in names stay literal
+    items = [["meter", tags, {"a{b}%d": 1.5, "{0}": 2}, NOW],
+             ["meter", tags, {"a{b}%d": 1e308, "{0}": 1}, NOW],    # fine
+             ["meter", tags, {"a{b}%d": 1e308, "x": 1e308}, NOW],  # finite, but the sum overflows
+             ["meter", tags, {"a{b}%d": 1.0, "{0}": 2**63}, NOW],  # integer out of range
+             ["meter", tags, {"a{b}%d": math.inf, "{0}": 1}, NOW],
+             ["meter", tags, {"a{b}%d": 1.0, "{0}": True}, NOW],   # a bool is not an int here
+             ["meter", tags, {"a{b}%d": 1.0, "{0}": 1}, NOW - 40 * 86400 * 10**9]]
+    head = "meter,device=5%s{0},gateway=g,site=s"
+    for _ in range(3):  # cold, then warm caches
+        v = maker.check_items("s", "g", items, NOW)
+        assert v.lines == [f"{head} a{{b}}%d=1.5,{{0}}=2i {NOW}", f"{head} a{{b}}%d=1e+308,{{0}}=1i {NOW}",
+                           f"{head} a{{b}}%d=1e+308,x=1e+308 {NOW}", f"{head} a{{b}}%d=1.0,{{0}}=true {NOW}"]
+        assert v.refused == {"integer_out_of_range": 1, "nan_or_infinity": 1, "too_old": 1}
+
+
+def test_malformed_items_are_judged_by_the_point_model():
+    good = ["meter", {"site": "s", "gateway": "g", "device": "d"}, {"v": 1.0}, NOW]
+    items = [good, good[:3], "junk", ["meter", {}, {}, "x"], ["meter", {}, {}, True], [1, {}, {"a": 1}, NOW], None, good]
+    v = LineMaker(LIM).check_items("s", "g", items, NOW)
+    assert v.lines == [f"meter,device=d,gateway=g,site=s v=1.0 {NOW}"] * 2
+    assert v.refused == {"malformed_point": 6}

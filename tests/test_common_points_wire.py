@@ -57,6 +57,8 @@ def test_raw_encoding_equals_model_encoding():
 def test_malformed_batches_raise_wire_error_with_reason(payload, reason):
     with pytest.raises(wire.WireError, match=reason):
         wire.decode_batch(payload)
+    with pytest.raises(wire.WireError, match=reason):  # the collector's decoder: same batch-level rules
+        wire.decode_batch_items(payload)
 
 
 def test_zip_bomb_is_refused():
@@ -71,6 +73,10 @@ def test_bad_points_are_counted_not_fatal():
                       ["meter", [], {}, 1], ["meter", {}, {"a": 1}, True]]}
     b = wire.decode_batch(zlib.compress(json.dumps(doc).encode()))
     assert len(b.points) == 1 and b.bad_items == 5
+    # the collector's decoder keeps every item as JSON gave it; its checks count the bad ones
+    raw = wire.decode_batch_items(zlib.compress(json.dumps(doc).encode()))
+    assert (raw.site, raw.gateway, raw.batch_id, raw.sent_ns) == ("s", "g", "b", 0)
+    assert raw.items == doc["points"]
 
 
 def test_ack_round_trip_and_errors():
