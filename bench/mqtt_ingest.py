@@ -55,9 +55,11 @@ class Edge:
         self.commits = 0
         self.source = MqttSource(cfg, ProfileLibrary(), registry, self.emit, self.metrics)
 
-    async def emit(self, points) -> None:
-        for p in points:
-            self.unique.stamp(p)
+    async def emit(self, points, *, stamped: bool = False) -> None:
+        # what edge.agent.Agent.emit does, without the uplink
+        if not stamped:
+            for p in points:
+                self.unique.stamp(p)
         await self.outbox.put(points)
         self.commits += 1
 
