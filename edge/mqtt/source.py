@@ -53,6 +53,7 @@ FLOOD_RATE = 100.0
 FLOOD_BURST = 5000.0
 DISCOVERY_FLUSH_S = 2.0
 CHUNK = 500  # messages mapped between two yields to the event loop (~20-50 ms of work)
+COMMITS_IN_FLIGHT = 2  # emits under way at once; one fills the outbox's next group commit while the other lands
 WATCHDOG_S = 1.0
 _TOPIC_CACHE = 20_000
 _DISCOVERY_MAX = 1000  # unregistered ids remembered between flushes
@@ -124,6 +125,9 @@ class MqttSource:
         self.flood_rate, self.flood_burst = flood_rate, flood_burst
         self.privacy = _make_privacy(cfg)
         self._unique = UniqueTimestamps()
+        self._buf_points: list[Point] = []
+        self._buf_msgs: list[Message] = []
+        self._commits_in_flight = 0
         self.state: dict[str, dict] = {}
         self.profiles: dict[str, MqttProfile] = {}
         self._topic_profiles: dict[str, list[tuple[MqttProfile, str | None]]] = {}
@@ -265,7 +269,29 @@ class MqttSource:
             points.extend(pts)
             to_ack.append(msg)
         if to_ack:
-            self._spawn(self._commit(points, to_ack))
+            self._queue_commit(points, to_ack)
+
+    def _queue_commit(self, points: list[Point], msgs: list[Message]) -> None:
+        """Coalesce: at most COMMITS_IN_FLIGHT emits are under way; what arrives meanwhile joins
+        the next one, so a busy stream makes few large commits instead of many small ones."""
+        self._buf_points.extend(points)
+        self._buf_msgs.extend(msgs)
+        if self._commits_in_flight < COMMITS_IN_FLIGHT:
+            self._start_commit()
+
+    def _start_commit(self) -> None:
+        points, msgs = self._buf_points, self._buf_msgs
+        self._buf_points, self._buf_msgs = [], []
+        self._commits_in_flight += 1
+        self._spawn(self._commit_then_next(points, msgs))
+
+    async def _commit_then_next(self, points: list[Point], msgs: list[Message]) -> None:
+        try:
+            await self._commit(points, msgs)
+        finally:
+            self._commits_in_flight -= 1
+            if self._buf_msgs and not self._closing:
+                self._start_commit()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -519,6 +545,8 @@ class MqttSource:
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            if self._buf_msgs and not self._failing:
+                self._start_commit()  # what was mapped but waiting for its turn
             # Let commits under way finish and acknowledge (the outbox closes after us), so a
             # clean stop leaves nothing to deliver twice; whatever is left is delivered again.
             if self._pending and not self._failing:
