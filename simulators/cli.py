@@ -105,15 +105,10 @@ def meter(
     asyncio.run(main())
 
 
-# Other simulators register themselves from their own modules when present.
-for _name in ("mqtt_sims",):
-    try:
-        _mod = __import__(f"simulators.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"simulators.{_name}":
-            raise
-        continue
-    _mod.register(app)
+# The MQTT simulators live in their own module.
+from simulators import mqtt_sims  # noqa: E402
+
+mqtt_sims.register(app)
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-import pytest
 
 from edge.analytics.carewatch import DEFAULT_TZ, CareAlert, CareWatch, CareWatchConfig
 from simulators.households import Household

@@ -16,8 +16,7 @@ from edge.metrics import Metrics
 from edge.modbus.plan import plan_reads
 from edge.modbus.poller import ModbusPoller, next_slot, offline_backoff
 from edge.modbus.reader import read_meter
-from edge.modbus.transport import (LIVE, PROBE, BadFrame, Bus, ConnectFailed, ExceptionReply, NoAnswer,
-                                   PriorityGate, SerialLine, WrongUnit, inter_frame_gap)
+from edge.modbus.transport import (LIVE, PROBE, BadFrame, Bus, ConnectFailed, ExceptionReply, PriorityGate, SerialLine, WrongUnit, inter_frame_gap)
 from edge.profiles import ProfileLibrary
 from edge.registry import Device, Transport
 from simulators.meter import Faults, MeterServer, SerialMeterServer, SimMeter

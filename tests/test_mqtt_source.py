@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.aio import wait_event
 from common.mqtt import AsyncMqtt, MqttUrl
 from edge.config import BrokerConfig, EdgeConfig, UplinkConfig
 from edge.metrics import Metrics

@@ -137,15 +137,11 @@ def run(config: ConfigOpt = None) -> None:
     run_until_signal(lambda stop: Collector(cfg).run(stop))
 
 
-# Optional command groups, added by their own modules when present.
-for _name in ("db_cmds", "report_cmds", "status_cmds"):
-    try:
-        _mod = __import__(f"collector.cli.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"collector.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+# The other command groups live in their own modules (imported last: they use this module's options).
+from collector.cli import db_cmds, report_cmds, status_cmds  # noqa: E402
+
+for _group in (db_cmds, report_cmds, status_cmds):
+    _group.register(app)
 
 
 def main() -> None:
