@@ -95,8 +95,8 @@ def decode_value(spec: RegisterSpec, regs: Sequence[int]) -> Value:
     (raw,) = struct.unpack(_STRUCT[spec.type], regs_to_bytes(regs, spec.byte_order, spec.word_order))
     if spec.type == "float32":
         raw = _shortest_float32(raw)
-    if spec.type in INTEGER_TYPES and spec.scale == 1 and spec.offset == 0:
-        return int(raw)
+    if spec.type in INTEGER_TYPES and spec.scale == 1 and spec.offset == 0 and not spec.is_quantity:
+        return int(raw)  # codes and counters stay integers
     return apply_scale(raw, spec.scale, spec.offset)
 
 

@@ -151,6 +151,13 @@ class RegisterSpec(_Strict):
         return self
 
     @property
+    def is_quantity(self) -> bool:
+        """A measured quantity (normalised field, or any field with a physical unit) is always a
+        float: InfluxDB keeps one type per field, and another meter model stores the same field as
+        a float; an integer here would make InfluxDB refuse one of them (field type conflict)."""
+        return base_field(self.field) in NORMALISED_UNITS or self.unit not in ("", "-", "code", "count")
+
+    @property
     def width(self) -> int:
         """Registers (fc 3/4) or bits (fc 1/2) the value occupies."""
         if self.type == "string":
