@@ -358,6 +358,11 @@ class Outbox:
         self._cursor = 0
 
     @property
+    def closing(self) -> bool:
+        """True once close() has begun (or before open())."""
+        return self._closing or self._db is None
+
+    @property
     def in_flight(self) -> int:
         return sum(c.count for c in self._claims.values())
 

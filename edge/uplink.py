@@ -222,6 +222,11 @@ class Uplink:
         elif ack.collector_ns and not self.clock.known:
             self.clock.observe(ack.collector_ns, self.clock.now_ns())
         if ack.status == "ok":
+            if self.outbox.closing:
+                # An ack that arrived as the agent stops: the batch stays and is resent on start;
+                # the collector's write of it overwrites itself.
+                log.debug("ack for %s arrived during shutdown; the batch is resent on start", ack.batch_id)
+                return
             try:
                 await self.outbox.complete(f.claim)
             except Exception as exc:  # disk trouble: keep the batch in flight; it is resent and acked again
