@@ -142,17 +142,21 @@ class AsyncMqtt:
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.last_error = f"broker refused the connection: {reason_code}"
+            hint = " (check the username and password)" if any(
+                w in str(reason_code).lower() for w in ("not authorized", "bad user")) else ""
+            self.last_error = f"broker refused the connection: {reason_code}{hint}"
             log.warning("MQTT %s: %s", self.url, self.last_error)
             return
-        self.last_error = ""
+        self.last_error = ""  # connected: any earlier refusal is over
         for topic, qos in self._subs.items():
             client.subscribe(topic, qos)
         if self._loop:
             self._loop.call_soon_threadsafe(self._set_connected, True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure or reason_code.value != 0:
+        # Keep a refusal (bad password, ACL) as the reason: "connection lost" after it would send
+        # the installer looking at the network instead of the credentials.
+        if (reason_code.is_failure or reason_code.value != 0) and not self.last_error.startswith("broker refused"):
             self.last_error = f"connection lost: {reason_code}"
         if self._loop and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._set_connected, False)

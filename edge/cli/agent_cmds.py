@@ -113,7 +113,8 @@ def status(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     outbox = read_stats_offline(cfg.outbox_db)
     doc = {
         "site": cfg.site, "gateway": cfg.gateway, "agent_running": running,
-        "uplink": {**st.get("uplink", {"url": cfg.uplink.url}), **({} if running else {"connected": False})},
+        # str(MqttUrl) leaves out any user:password given in the URL
+        "uplink": {**st.get("uplink", {"url": str(cfg.uplink.parsed())}), **({} if running else {"connected": False})},
         "outbox": outbox,
         "devices": [{"id": d.id, "name": d.name, "profile": d.profile, "address": d.transport.describe(),
                      "enabled": d.enabled,

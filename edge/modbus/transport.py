@@ -235,7 +235,8 @@ class Link:
             others = sorted({u for u in self._units_seen if u != unit})
             if others:
                 raise WrongUnit(f"{where}: unit {others[0]} answered a request for unit {unit} ({what}); two "
-                                "meters on this bus may share a unit id: give each its own") from None
+                                "meters on this bus may share a unit id: give each its own (or this port "
+                                "does not speak Modbus: check the port number)") from None
             if self._units_seen:
                 raise BadFrame(f"{where}: answer to {what} could not be decoded ({exc}); check wiring, "
                                "termination and line settings") from None
