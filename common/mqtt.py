@@ -148,7 +148,9 @@ class AsyncMqtt:
             log.warning("MQTT %s: %s", self.url, self.last_error)
             return
         self.last_error = ""  # connected: any earlier refusal is over
-        for topic, qos in self._subs.items():
+        with self._lock:  # subscribe() adds topics from the asyncio thread
+            subs = list(self._subs.items())
+        for topic, qos in subs:
             client.subscribe(topic, qos)
         if self._loop:
             self._loop.call_soon_threadsafe(self._set_connected, True)
@@ -223,7 +225,8 @@ class AsyncMqtt:
             await fut
 
     async def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> None:
-        self._subs[topic] = qos
+        with self._lock:
+            self._subs[topic] = qos
         if not self.connected.is_set():
             return  # subscribed in _on_connect
         assert self._loop is not None
@@ -241,7 +244,8 @@ class AsyncMqtt:
 
     async def unsubscribe(self, topic: str) -> None:
         """Stop receiving a topic (and stop resubscribing to it on reconnect)."""
-        self._subs.pop(topic, None)
+        with self._lock:
+            self._subs.pop(topic, None)
         if self.connected.is_set():
             self._client.unsubscribe(topic)
 

@@ -58,6 +58,9 @@ class Point:
     time_ns: int
     #: Not part of the identity; how the outbox ranks it when it must drop.
     priority: Priority = field(default=Priority.TELEMETRY, compare=False)
+    #: Not part of the identity: False when the time is the device's own (e.g. a gate's event
+    #: time), which a correction of the gateway box's clock must not move.
+    box_time: bool = field(default=True, compare=False)
 
     def to_wire(self) -> list:
         """Compact JSON-able form used in the outbox and in uplink batches."""

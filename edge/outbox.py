@@ -164,8 +164,8 @@ class Outbox:
         fut = asyncio.get_running_loop().create_future()
         rows = []
         for p in points:
-            if self.clock is not None:
-                self.clock.fix(p)
+            if self.clock is not None and p.box_time:
+                self.clock.fix(p)  # a device's own time (a gate with NTP) is not the box's to correct
             body = point_json(p)
             rows.append((int(p.priority), p.time_ns, len(body.encode()) + ROW_OVERHEAD, body))
         self._pending.append((rows, fut))
@@ -209,6 +209,7 @@ class Outbox:
 
     async def _commit_locked(self, rows: list[tuple]) -> None:
         assert self._db is not None
+        dropped_before = dict(self.dropped)
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany("INSERT INTO points (prio, ts, bytes, body) VALUES (?, ?, ?, ?)", rows)
@@ -220,6 +221,7 @@ class Outbox:
             await self._db.execute("COMMIT")
         except BaseException:
             await self._db.execute("ROLLBACK")
+            self.dropped = dropped_before  # the deletes were rolled back too
             async with self._db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM points") as cur:
                 self._rows, self._bytes = await cur.fetchone()
             raise
@@ -272,10 +274,19 @@ class Outbox:
         claimed so far.
         """
         assert self._db is not None
+        # Under the transaction lock: the connection is shared, so a read between another task's
+        # BEGIN and COMMIT would see rows that may yet be rolled back, or rows the cap is deleting.
+        async with self._tx:
+            claim, rows = await self._claim_locked(max_points, newest)
+        if claim is not None:
+            await self._correct_implausible(claim, rows)
+        return claim
+
+    async def _claim_locked(self, max_points: int, newest: bool) -> tuple[Claim | None, list[tuple]]:
         if newest:
             rows = await self._rows_between(self._top, None, max_points)
             if not rows:
-                return None
+                return None, []
         else:
             cursor = self._cursor
             while True:
@@ -286,15 +297,14 @@ class Outbox:
                     break
                 if nxt is None:
                     self._cursor = cursor
-                    return None
+                    return None, []
                 cursor = nxt.hi  # jump over a range the other lane holds
         claim = Claim(rows[0][0], rows[-1][0], [r[1] for r in rows])
         if not newest:
             self._cursor = claim.hi
         self._top = max(self._top, claim.hi)
         self._claims[claim.lo] = claim
-        await self._correct_implausible(claim, rows)
-        return claim
+        return claim, rows
 
     async def _rows_between(self, after: int, before: int | None, limit: int) -> list[tuple]:
         assert self._db is not None
@@ -327,8 +337,12 @@ class Outbox:
             assert self._db is not None
             async with self._tx:
                 await self._db.execute("BEGIN IMMEDIATE")
-                await self._db.executemany("UPDATE points SET ts = ?, body = ? WHERE id = ?", fixed)
-                await self._db.execute("COMMIT")
+                try:
+                    await self._db.executemany("UPDATE points SET ts = ?, body = ? WHERE id = ?", fixed)
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    await self._db.execute("ROLLBACK")  # the batch goes out corrected; the file is re-corrected next time
+                    raise
             clock.corrected_points += len(fixed)
 
     async def complete(self, claim: Claim) -> None:
@@ -377,16 +391,18 @@ class Outbox:
     async def oldest_ns(self) -> int | None:
         """Timestamp of the oldest row by arrival (cheap: the primary key, not a scan)."""
         assert self._db is not None
-        async with self._db.execute("SELECT ts FROM points ORDER BY id LIMIT 1") as cur:
-            row = await cur.fetchone()
+        async with self._tx:
+            async with self._db.execute("SELECT ts FROM points ORDER BY id LIMIT 1") as cur:
+                row = await cur.fetchone()
         return row[0] if row else None
 
     async def stats(self) -> OutboxStats:
         assert self._db is not None
         by_class = {p.name.lower(): 0 for p in Priority}
-        async with self._db.execute("SELECT prio, count(*) FROM points GROUP BY prio") as cur:
-            for prio, n in await cur.fetchall():
-                by_class[Priority(prio).name.lower()] = n
+        async with self._tx:
+            async with self._db.execute("SELECT prio, count(*) FROM points GROUP BY prio") as cur:
+                for prio, n in await cur.fetchall():
+                    by_class[Priority(prio).name.lower()] = n
         oldest = await self.oldest_ns()
         return OutboxStats(self._rows, self._bytes, oldest, by_class, dict(self.dropped), self.in_flight,
                            self.max_bytes, bool(self.damage))

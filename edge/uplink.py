@@ -115,9 +115,15 @@ class Uplink:
             while True:
                 await wait_event(self._wake, min(1.0, self.ucfg.ack_timeout_s / 4))
                 self._wake.clear()
-                self._resend_overdue()
-                if self.connected:
-                    await self._fill()
+                try:
+                    self._resend_overdue()
+                    if self.connected:
+                        await self._fill()
+                except Exception as exc:  # outbox trouble (disk full, I/O): keep the agent up, retry
+                    self.metrics.count("uplink_errors")
+                    self.metrics.once(log, logging.ERROR, ("uplink_error", type(exc).__name__),
+                                      "uplink cannot read the outbox (%s); retrying every second", exc)
+                    await asyncio.sleep(1.0)
         finally:
             if self.connected:
                 try:

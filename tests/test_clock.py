@@ -65,3 +65,28 @@ def test_points_outside_the_collector_window_are_refused_counted_and_reported(tm
         assert "in_the_future" in coll
     finally:
         site.stop_all()
+
+
+async def test_a_devices_own_time_is_not_moved_by_the_box_clock_correction(tmp_path):
+    """Box clock an hour slow, gate clock right (NTP): the gate's event keeps the gate's time; only
+    points stamped by the box are corrected (and marked)."""
+    from common.points import Point, Priority
+    from edge.clock import Clock
+    from edge.outbox import Outbox
+
+    clock = Clock(skew_ns=0)
+    hour = 3600 * 10**9
+    clock.observe(time.time_ns() + hour, clock.now_ns())  # the collector is an hour ahead of the box
+    assert clock.correction_ns
+    ob = Outbox(tmp_path / "o.db", clock=clock)
+    await ob.open()
+    t_device = time.time_ns() + hour
+    t_box = clock.now_ns()
+    tags = {"site": "s", "gateway": "g", "device": "gate1"}
+    await ob.put([Point("gate_event", tags, {"x": 1}, t_device, Priority.EVENT, box_time=False),
+                  Point("device_health", tags, {"online": True}, t_box, Priority.HEALTH)])
+    claim = await ob.claim(10)
+    gate, health = (json.loads(b) for b in claim.bodies)
+    assert gate[3] == t_device and "clock_corrected" not in gate[2]
+    assert health[3] == t_box + clock.correction_ns and health[2]["clock_corrected"] is True
+    await ob.close()

@@ -8,7 +8,7 @@ import json
 import logging
 import random
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -323,6 +323,27 @@ async def test_a_flooding_device_is_limited_and_others_go_through(tmp_path, mosq
     dropped = h.metrics.counters["mqtt_dropped_flood"]
     assert dropped > 1000 and flood_kept + dropped == 1500
     assert len([r for r in caplog.records if "dropped" in r.message and "flood" in r.message]) == 1
+    await h.stop()
+    await pub.stop()
+
+
+async def test_a_backlog_kept_by_the_broker_is_not_a_flood(tmp_path, mosquitto):
+    """Hours of a gate's events, queued while the agent was down, arrive in one burst: they span
+    hours of device time, so none is dropped as a flood (a drop would ack them away: lost)."""
+    h = Harness(tmp_path, mosquitto.url, flood_rate=20, flood_burst=50)
+    h.add("busy", "hikvision-isapi", "gate-busy")
+    await h.start()
+    pub = await _publisher(mosquitto.url)
+    rng = random.Random(8)
+    start = NOW() - timedelta(hours=2)
+    futs = [pub.publish_nowait(*pl.facegate_message("hikvision-isapi", "gate-busy", rng,
+                                                    start + timedelta(seconds=2 * i), ms_time=True))
+            for i in range(1500)]
+    await asyncio.gather(*futs)
+    await _until(lambda: h.metrics.counters["mqtt_messages"] >= 1500, what="all seen")
+    await _until(lambda: len(h.of("gate_event", "busy")) + len(h.of("gate_alarm", "busy")) == 1500,
+                 what="every backlog event kept")
+    assert h.metrics.counters["mqtt_dropped_flood"] == 0
     await h.stop()
     await pub.stop()
 

@@ -283,3 +283,64 @@ def test_stats_on_a_damaged_file_says_what_to_do(tmp_path):
     (state / "outbox.db").write_bytes(b"x" * 5000)
     r = run_cli("poplar-edge", "outbox", "stats", "--config", str(cfg), check=False)
     assert r.returncode == 1 and "moves it aside" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- claims never race a commit (review findings) -------------------------------------------------
+def _health_points(n: int, start: int) -> list[Point]:
+    return [Point("gateway_health", {"site": "s", "gateway": "g", "device": "d"}, {"x": i}, start + i,
+                  Priority.HEALTH) for i in range(n)]
+
+
+async def test_a_claim_during_a_commit_that_fails_sees_nothing_of_it(tmp_path):
+    """The uplink claims while the writer's transaction is open and then rolls back (disk full):
+    the claim must not hold the rolled-back rows, whose ids the next commit reuses."""
+    ob = Outbox(tmp_path / "o.db", max_bytes=10**9, commit_interval_s=0.01)
+    await ob.open()
+    t = time.time_ns()
+    early: list[asyncio.Task] = []
+    real = ob._db.executemany
+
+    async def failing(sql, rows):
+        r = await real(sql, rows)
+        if sql.startswith("INSERT INTO points") and not early:
+            early.append(asyncio.ensure_future(ob.claim(1000, newest=True)))  # the live lane, meanwhile
+            await asyncio.sleep(0.05)
+            raise sqlite3.OperationalError("database or disk is full")
+        return r
+
+    ob._db.executemany = failing
+    with pytest.raises(OSError):
+        await ob.put(_health_points(10, t))
+    ob._db.executemany = real
+    assert await early[0] is None  # it waited for the transaction and found nothing committed
+    await ob.put(_health_points(10, t + 1000))
+    claim = await ob.claim(1000, newest=True)
+    assert claim is not None and claim.count == 10
+    await ob.complete(claim)
+    assert ob.rows == 0
+    await ob.close()
+
+
+async def test_a_claim_never_takes_rows_the_cap_is_dropping(tmp_path):
+    """A claim at the moment the cap drops the oldest rows: a point is either dropped (counted) or
+    claimed and delivered, never both."""
+    ob = Outbox(tmp_path / "o.db", max_bytes=100_000, commit_interval_s=0.01)
+    await ob.open()
+    t = time.time_ns()
+    await ob.put(_health_points(700, t))
+    original = ob._enforce_cap
+    claims: list[asyncio.Task] = []
+
+    async def cap_with_a_claim_meanwhile():
+        ob._enforce_cap = original
+        claims.append(asyncio.ensure_future(ob.claim(100)))  # runs at the cap's first await
+        await original()
+
+    ob._enforce_cap = cap_with_a_claim_meanwhile
+    await ob.put(_health_points(300, t + 10_000))
+    claim = await claims[0]
+    assert ob.dropped["health"] > 0
+    async with ob._db.execute("SELECT count(*) FROM points WHERE id BETWEEN ? AND ?", (claim.lo, claim.hi)) as cur:
+        (still_there,) = await cur.fetchone()
+    assert still_there == claim.count  # nothing claimed was also dropped
+    await ob.close()

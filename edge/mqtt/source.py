@@ -68,16 +68,22 @@ class _Registered:
 
 
 class _Bucket:
+    """Flood limit per device, on the clock of the messages themselves (the device's time when it
+    sends one, else the time of receipt). A backlog the broker kept while the agent was down
+    arrives in one burst but spans hours of device time, so it is not a flood and is not dropped
+    (dropping it would ack it away: lost); a device that really floods sends faster than its own
+    clock allows."""
+
     __slots__ = ("tokens", "last")
 
     def __init__(self, burst: float) -> None:
         self.tokens = burst
-        self.last = time.monotonic()
+        self.last: float | None = None
 
-    def take(self, rate: float, burst: float) -> bool:
-        now = time.monotonic()
-        self.tokens = min(burst, self.tokens + (now - self.last) * rate)
-        self.last = now
+    def take(self, rate: float, burst: float, t: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(burst, self.tokens + max(0.0, t - self.last) * rate)
+        self.last = t if self.last is None else max(self.last, t)
         if self.tokens >= 1:
             self.tokens -= 1
             return True
@@ -346,18 +352,19 @@ class MqttSource:
         if not dev.enabled:
             self.metrics.count("mqtt_disabled_device")
             return None
-        bucket = self._buckets.get(dev.id)
-        if bucket is None:
-            bucket = self._buckets[dev.id] = _Bucket(self.flood_burst)
-        if not bucket.take(self.flood_rate, self.flood_burst):
-            self._drop("flood", _who(dev), f"more than {self.flood_rate:g} messages/s sustained")
-            return None
         try:
             mapped = map_message(reg.profile, topic, payload, privacy=self.privacy, now_ns=now,
                                  max_bytes=MAX_PAYLOAD, options=reg.options)
         except MapError as exc:
             st["errors"] += 1
             self._drop(exc.reason, _who(dev), str(exc))
+            return None
+        bucket = self._buckets.get(dev.id)
+        if bucket is None:
+            bucket = self._buckets[dev.id] = _Bucket(self.flood_burst)
+        msg_t = min((p.time_ns for p in mapped.points), default=now)
+        if not bucket.take(self.flood_rate, self.flood_burst, msg_t / 1e9):
+            self._drop("flood", _who(dev), f"more than {self.flood_rate:g} messages/s sustained")
             return None
         for w in mapped.warnings:
             self.metrics.count("mqtt_warnings")
@@ -380,10 +387,12 @@ class MqttSource:
                 # Stamped on receipt: nothing to keep stable across a redelivery, but two messages
                 # handled in the same instant must not overwrite each other.
                 self._unique.stamp(p)
-            elif not p.time_ns % 1_000_000:  # see _stable_time
-                if crc is None:
-                    crc = zlib.crc32(payload) % 1_000_000
-                p.time_ns += crc
+            else:
+                p.box_time = False  # the device's own clock: not the box's to correct
+                if not p.time_ns % 1_000_000:  # see _stable_time
+                    if crc is None:
+                        crc = zlib.crc32(payload) % 1_000_000
+                    p.time_ns += crc
             if p.measurement == "device_health":
                 p.fields["online"] = True
         if st["online"] is not True:
@@ -484,7 +493,11 @@ class MqttSource:
                                 "expects a keep-alive within %g s); check its power, network and broker address",
                                 dev.id, dev.transport.mqtt_id, (now - last) / 1e9, reg.profile.id, timeout)
                     self.metrics.count("mqtt_devices_went_offline")
-                    await self.emit([self._health(dev, False, now, silent_s=round((now - last) / 1e9, 1))])
+                    try:
+                        await self.emit([self._health(dev, False, now, silent_s=round((now - last) / 1e9, 1))])
+                    except Exception as exc:  # outbox trouble: the health point is lost, the source lives on
+                        self.metrics.count("mqtt_commit_errors")
+                        log.debug("could not commit an offline health point: %s", exc)
 
     def _flush_discovered(self) -> None:
         items, self._discovered = self._discovered, {}
