@@ -145,9 +145,24 @@ class Registry:
         """Changes whenever another connection commits: cheap change detection."""
         return self._db.execute("PRAGMA data_version").fetchone()[0]
 
+    def same_address(self, device: Device) -> Device | None:
+        """Another registered device at the same address (endpoint + unit id, or MQTT id): the
+        same meter or gate registered twice would be read twice under two names."""
+        for other in self.all():
+            if other.id != device.id and other.transport.endpoint() == device.transport.endpoint() \
+                    and (other.profile == device.profile if device.transport.kind == "mqtt"
+                         else other.unit == device.unit):
+                return other
+        return None
+
     def add(self, device: Device, replace: bool = False) -> None:
         check_device_id(device.id)
         device.tags = check_tags(device.tags)
+        twin = self.same_address(device)
+        if twin is not None:
+            where = device.transport.describe() + (f" unit {device.unit}" if device.unit is not None else "")
+            raise RegistryError(f"{where} is already registered as {twin.id!r}; one device, one name "
+                                f"(poplar-edge devices rename {twin.id} NEW-NAME to rename it)")
         doc = json.dumps(device.to_doc(), ensure_ascii=False)
         try:
             if replace:

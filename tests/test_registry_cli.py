@@ -41,6 +41,11 @@ def test_registry_add_get_rename_remove(tmp_path):
     reg.rename("电表-1", "电表-2")
     assert other.data_version() != v  # a running agent notices
     assert other.get("电表-2").unit == 3 and other.get("电表-1") is None
+    twin = Device("电表-3", "eastron-sdm120", Transport("tcp", host="10.0.0.5", port=502), unit=3)
+    with pytest.raises(RegistryError, match="already registered as '电表-2'"):
+        reg.add(twin)  # the same meter under a second name
+    twin.unit = 4
+    reg.add(twin)  # another unit behind the same gateway is another meter
     with pytest.raises(RegistryError, match="unknown location tag"):
         reg.add(Device("x", "p", Transport("tcp", host="h", port=1), tags={"room": "1"}))
     reg.remove("电表-2")
