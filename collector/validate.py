@@ -297,7 +297,3 @@ def check_point(p: Point, site: str, gateway: str, limits: Limits, now_ns: int) 
     return next(iter(v.refused), None)
 
 
-def check_points(batch: Batch, limits: Limits, now_ns: int) -> Verdict:
-    v = LineMaker(limits).check(batch, now_ns)
-    return v
-

@@ -253,15 +253,6 @@ class AsyncMqtt:
         """Acknowledge a message received with manual_ack=True."""
         self._client.ack(msg.mid, msg.qos)
 
-    def forget_pending(self) -> None:
-        """Fail every publish future still waiting (used on shutdown)."""
-        with self._lock:
-            futs = list(self._pub_futures.values())
-            self._pub_futures.clear()
-        for f in futs:
-            if not f.done():
-                f.cancel()
-
 
 def _resolve(fut: asyncio.Future, value: bool) -> None:
     if not fut.done():

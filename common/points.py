@@ -94,15 +94,20 @@ def clean_fields(fields: dict[str, object]) -> tuple[dict[str, FieldValue], list
     out: dict[str, FieldValue] = {}
     refused: list[str] = []
     for name, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            refused.append(name)
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            refused.append(name)
+        if value is not None:
+            keep_field(out, refused, name, value)
     return out, refused
+
+
+def keep_field(fields: dict[str, FieldValue], refused: list[str], name: str, value: object) -> None:
+    """The one rule for a field value: finite numbers, bools and strings are kept in FIELDS, anything
+    else (NaN, infinities, lists, None) is refused by NAME."""
+    if isinstance(value, float) and not math.isfinite(value):
+        refused.append(name)
+    elif isinstance(value, (bool, int, float, str)):
+        fields[name] = value
+    else:
+        refused.append(name)
 
 
 class UniqueTimestamps:

@@ -124,11 +124,9 @@ class AnalyticsService:
         self.care_on = bool(a.care_watch)
         self._emit = emit
         self.metrics = metrics
-        # Settings the config may grow (analytics.time_zone, analytics.anomaly_threshold) are
-        # read when present, so the service needs no change when they are added.
-        self.tz = tz or _zone(getattr(a, "time_zone", None))
+        self.tz = tz or _zone(a.time_zone)
         if anomaly_threshold is None:
-            anomaly_threshold = getattr(a, "anomaly_threshold", None)
+            anomaly_threshold = a.anomaly_threshold
         self.clock = clock
         self.score_delay_s = score_delay_s
         self.max_fill = max_fill_quarters

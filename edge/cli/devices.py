@@ -11,18 +11,12 @@ import yaml
 from common.cli import fail, print_json, table
 from common.yamlconf import ConfigError
 from edge.cli.options import (BaudOpt, ConfigOpt, JsonOpt, ParityOpt, RtuOverTcpOpt, SerialOpt, TcpOpt, UnitOpt,
-                              load_config)
+                              check_unit_parity, load_config, modbus_transport, one_address)
+from edge.modbus.profile import SerialSettings
 from edge.profiles import ProfileLibrary
 from edge.registry import Device, Registry, RegistryError, Transport
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def parse_host_port(value: str, option: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        fail(f"{option} {value!r}: expected HOST:PORT, e.g. 192.168.1.50:502", 2)
-    return host.strip("[]"), int(port)
 
 
 def _open(config: str | None) -> tuple[Registry, ProfileLibrary]:
@@ -52,11 +46,8 @@ def add(
 ) -> None:
     """Register a device."""
     reg, lib = _open(config)
-    chosen = [o for o, v in (("--tcp", tcp), ("--rtu-over-tcp", rtu_over_tcp), ("--serial", serial),
-                             ("--mqtt-id", mqtt_id)) if v]
-    if len(chosen) != 1:
-        fail("give exactly one address: --tcp HOST:PORT, --rtu-over-tcp HOST:PORT, --serial DEVICE or --mqtt-id ID"
-             + (f" (got {', '.join(chosen)})" if chosen else ""), 2)
+    one_address({"--tcp": tcp, "--rtu-over-tcp": rtu_over_tcp, "--serial": serial, "--mqtt-id": mqtt_id},
+                "--tcp HOST:PORT, --rtu-over-tcp HOST:PORT, --serial DEVICE or --mqtt-id ID")
     try:
         prof = lib.get(profile)
     except ConfigError as exc:
@@ -66,25 +57,13 @@ def add(
         fail(f"profile {profile!r} is a {kind} profile; --mqtt-id needs an MQTT profile", 2)
     if not mqtt_id and kind != "modbus":
         fail(f"profile {profile!r} is an {kind} profile; register it with --mqtt-id ID", 2)
-    if unit is not None and not 0 <= unit <= 247:
-        fail(f"--unit {unit}: Modbus unit ids are 1 to 247", 2)
-    if parity is not None and parity.upper() not in ("N", "E", "O"):
-        fail(f"--parity {parity!r}: use N, E or O", 2)
+    check_unit_parity(unit, parity)
     if interval is not None and not 0.1 <= interval <= 86400:
         fail(f"--interval {interval}: use 0.1 to 86400 seconds", 2)
-    if tcp:
-        h, p = parse_host_port(tcp, "--tcp")
-        t = Transport("tcp", host=h, port=p)
-    elif rtu_over_tcp:
-        h, p = parse_host_port(rtu_over_tcp, "--rtu-over-tcp")
-        t = Transport("rtu_over_tcp", host=h, port=p)
-    elif serial:
-        s = getattr(prof, "serial", None)
-        t = Transport("serial", device=serial, baud=baud or getattr(s, "baud", 9600),
-                      parity=(parity or getattr(s, "parity", "N")).upper(),
-                      data_bits=getattr(s, "data_bits", 8), stop_bits=getattr(s, "stop_bits", 1))
-    else:
+    if mqtt_id:
         t = Transport("mqtt", mqtt_id=mqtt_id)
+    else:  # a Modbus profile (checked above); serial settings default to the meter's factory ones
+        t = modbus_transport(tcp, rtu_over_tcp, serial, baud, parity, prof.serial or SerialSettings(baud=9600))
     tags = {"building": building, "unit_no": unit_no, "floor": floor}
     dev = Device(id=name, profile=profile, transport=t, display_name=display_name or "", unit=unit,
                  tags={k: v for k, v in tags.items() if v}, interval_s=interval, enabled=not disabled,

@@ -94,12 +94,7 @@ def show(profile_id: Annotated[str, typer.Argument(help="profile id, e.g. eastro
         typer.echo(f"{profile_id}: {getattr(prof, 'kind', '?')} profile from {lib.paths()[profile_id]}\n"
                    "see docs/profiles-mqtt.md, or use --json for every setting")
         return
-    lim = prof.limits
-    quirks = [f"max {lim.max_registers} registers per request", f"reads through gaps of up to {lim.max_gap}"]
-    if lim.even_address:
-        quirks.append("even start address only")
-    if lim.even_count:
-        quirks.append("even register count only")
+    quirks = prof.limits.describe()
     typer.echo(f"{prof.id}: {prof.vendor} {prof.model} ({prof.phases}-phase) from {lib.paths()[profile_id]}")
     if prof.description:
         typer.echo(f"  {prof.description}")

@@ -16,9 +16,8 @@ from common.cli import fail, print_json, table
 from common.yamlconf import ConfigError
 from edge import config as edge_config
 from edge.cli.devices import app as devices_app
-from edge.cli.devices import parse_host_port
 from edge.cli.options import (BaudOpt, ConfigOpt, JsonOpt, ParityOpt, RtuOverTcpOpt, SerialOpt, TcpOpt, UnitOpt,
-                              load_config)
+                              check_unit_parity, load_config, modbus_transport, one_address)
 from edge.cli.profiles_cmds import library
 from edge.profiles import ProfileLibrary
 from edge.registry import Device, Registry, Transport
@@ -95,28 +94,16 @@ def read(
     json_out: JsonOpt = False,
 ) -> None:
     """Read a meter once, without registering it, and print every field with its unit."""
-    chosen = [o for o, v in (("--tcp", tcp), ("--rtu-over-tcp", rtu_over_tcp), ("--serial", serial)) if v]
-    if len(chosen) != 1:
-        fail("give exactly one address: --tcp HOST:PORT, --rtu-over-tcp HOST:PORT or --serial DEVICE"
-             + (f" (got {', '.join(chosen)})" if chosen else ""), 2)
-    if unit is not None and not 1 <= unit <= 247:
-        fail(f"--unit {unit}: Modbus unit ids are 1 to 247", 2)
-    if parity is not None and parity.upper() not in ("N", "E", "O"):
-        fail(f"--parity {parity!r}: use N, E or O", 2)
+    one_address({"--tcp": tcp, "--rtu-over-tcp": rtu_over_tcp, "--serial": serial},
+                "--tcp HOST:PORT, --rtu-over-tcp HOST:PORT or --serial DEVICE")
+    check_unit_parity(unit, parity)
     if baud is not None and not 300 <= baud <= 921600:
         fail(f"--baud {baud}: use a serial speed such as 2400, 9600 or 19200", 2)
     if timeout is not None and not 0 < timeout <= 60:
         fail(f"--timeout {timeout}: use more than 0 and up to 60 seconds", 2)
     lib = library(config)
     prof = _modbus_profile(lib, profile)
-    if tcp:
-        h, p = parse_host_port(tcp, "--tcp")
-        t = Transport("tcp", host=h, port=p)
-    elif rtu_over_tcp:
-        h, p = parse_host_port(rtu_over_tcp, "--rtu-over-tcp")
-        t = Transport("rtu_over_tcp", host=h, port=p)
-    else:
-        t = Transport("serial", device=serial, baud=baud, parity=parity.upper() if parity else None)
+    t = modbus_transport(tcp, rtu_over_tcp, serial, baud, parity)  # serial defaults: the profile's, at read time
     t_s, retries, max_gap = _modbus_settings(config)
     u = unit if unit is not None else prof.defaults.unit_id
     reading, bus = _read_once(prof, t, u, timeout or t_s, retries, max_gap)

@@ -120,14 +120,8 @@ def describe_plan(profile: ModbusProfile, plan: Sequence[ReadRequest]) -> str:
     """Human-readable table of the requests of PLAN."""
     fields = sum(len(r.registers) for r in plan)
     words = sum(r.count for r in plan if r.function not in BIT_FUNCTIONS)
-    lim = profile.limits
-    quirks = [f"max {lim.max_registers} registers/request", f"max gap {lim.max_gap}"]
-    if lim.even_address:
-        quirks.append("even start address")
-    if lim.even_count:
-        quirks.append("even count")
     lines = [f"{profile.id} ({profile.vendor} {profile.model}): {len(plan)} request(s) for "
-             f"{fields} field(s), {words} register(s) read; {', '.join(quirks)}",
+             f"{fields} field(s), {words} register(s) read; {', '.join(profile.limits.describe())}",
              f"{'fc':>3}  {'start':<6}  {'end':<6}  {'count':>5}  fields"]
     for r in plan:
         names = ", ".join(s.field for s in r.registers)

@@ -78,6 +78,15 @@ class Limits(_Strict):
     #: 0 by default: some meters answer exception 2 for holes in their map.
     max_gap: int = Field(0, ge=0, le=MAX_REGISTERS_PER_READ)
 
+    def describe(self) -> list[str]:
+        """The quirks in words, for `profiles show` and `profiles plan`."""
+        out = [f"max {self.max_registers} registers per request", f"reads through gaps of up to {self.max_gap}"]
+        if self.even_address:
+            out.append("even start address only")
+        if self.even_count:
+            out.append("even register count only")
+        return out
+
     @model_validator(mode="after")
     def _even_limit(self) -> "Limits":
         if self.even_count and self.max_registers < 2:

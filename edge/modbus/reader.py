@@ -6,10 +6,10 @@ Used by the poller on every poll and by `poplar-edge read` / `devices test`.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from common.points import clean_fields
 from edge.modbus.decode import Value
 from edge.modbus.plan import ReadRequest, decode_reads
 from edge.modbus.transport import LIVE, BadFrame, Bus, ConnectFailed, ExceptionReply, LinkError, NoAnswer
@@ -32,8 +32,7 @@ class Reading:
 
 def clean_values(values: dict[str, Value]) -> dict[str, Value]:
     """Drop what no InfluxDB field can hold (NaN/inf from an unset float register)."""
-    return {k: v for k, v in values.items()
-            if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and not math.isfinite(v))}
+    return clean_fields(values)[0]
 
 
 async def read_meter(bus: Bus, unit: int, plan: Sequence[ReadRequest], retries: int = 1,

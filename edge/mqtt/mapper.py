@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from common.points import FieldValue, Point, priority_of
+from common.points import FieldValue, Point, keep_field, priority_of
 from edge.mqtt.profile import Cond, FieldMap, MessageSpec, MqttProfile, PointSpec, TimeSource, canon
 from edge.privacy import Privacy
 
@@ -778,16 +778,9 @@ def _points(cp: _CPoint, ctx: _Ctx, options: Mapping[str, object], person: str |
     return out
 
 
-def _store(fields: dict[str, FieldValue], refused: list[str], name: str, value: object) -> None:
-    """Keep VALUE as common.points.clean_fields would (finite numbers, bools, strings), else
-    refuse the name. Names never repeat here: the caller keeps the first mapping of a name, and
-    profiles cannot name a field `person` or a reserved one (time_corrected, device_time)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        refused.append(name)
-    elif isinstance(value, (bool, int, float, str)):
-        fields[name] = value
-    else:
-        refused.append(name)
+# Names never repeat when storing: the caller keeps the first mapping of a name, and profiles
+# cannot name a field `person` or a reserved one (time_corrected, device_time).
+_store = keep_field
 
 
 def map_message(profile: MqttProfile, topic: str, payload: bytes, *, privacy: Privacy, now_ns: int,
