@@ -57,6 +57,9 @@ class Privacy:
             raise ValueError(f"the site secret must be at least {_MIN_SECRET} bytes")
         self._secret = bytes(secret)
         self.person_ids: PersonIdMode = person_ids
+        # The keyed state, made once and copied per id (HMAC-SHA256 all the same: pseudonyms must
+        # not change across versions, or a site's history splits in two).
+        self._keyed = hmac.new(self._secret, digestmod=hashlib.sha256)
 
     def pseudonym(self, value: str) -> str | None:
         """Keyed pseudonym of a person id; None when ids are dropped or the value is empty."""
@@ -65,7 +68,8 @@ class Privacy:
         text = str(value).strip()
         if not text:
             return None
-        mac = hmac.new(self._secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        mac = self._keyed.copy()
+        mac.update(text.encode("utf-8", "surrogatepass"))
         return mac.hexdigest()[:PSEUDONYM_HEX]
 
     def __repr__(self) -> str:  # never print the secret

@@ -1,3 +1,5 @@
+import hashlib
+import hmac
 import logging
 import os
 import stat
@@ -15,6 +17,12 @@ def test_pseudonym_is_keyed_stable_and_truncated():
     assert p != b.pseudonym("1203")  # another site cannot link the person
     assert p != a.pseudonym("1204")
     assert "1203" not in p
+
+
+def test_pseudonym_is_hmac_sha256_so_it_never_changes_across_versions():
+    # A site's history must not split when the agent is upgraded: the algorithm is fixed.
+    assert Privacy(b"k" * 32).pseudonym("张三-0042") == \
+        hmac.new(b"k" * 32, "张三-0042".encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
 
 
 def test_drop_mode_and_empty_values():

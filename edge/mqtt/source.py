@@ -258,6 +258,7 @@ class MqttSource:
         self.metrics.count("mqtt_messages", len(batch))
         points: list[Point] = []
         to_ack: list[Message] = []
+        done: list[Message] = []  # dropped or not forwarded: nothing to commit before the ack
         for msg in batch:
             try:
                 result = self._handle(msg, now)
@@ -265,7 +266,7 @@ class MqttSource:
                 self._drop("internal", "the box broker", f"{type(exc).__name__}: {exc}")
                 result = None
             if result is None:
-                self._ack(msg)  # dropped or not forwarded: nothing to commit first
+                done.append(msg)
                 continue
             pts, snapshot = result
             if snapshot is not None and self.analytics is not None \
@@ -274,6 +275,8 @@ class MqttSource:
                 continue
             points.extend(pts)
             to_ack.append(msg)
+        if done:
+            self._ack(done)
         if to_ack:
             self._queue_commit(points, to_ack)
 
@@ -304,9 +307,9 @@ class MqttSource:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def _ack(self, msg: Message) -> None:
-        if self.mqtt is not None and msg.qos > 0:
-            self.mqtt.ack(msg)
+    def _ack(self, msgs: list[Message]) -> None:
+        if self.mqtt is not None:
+            self.mqtt.ack_many(msgs)  # one write for all; QoS 0 messages need none
 
     def _handle(self, msg: Message, now: int) -> tuple[list[Point], bytes | None] | None:
         """One message (counted in mqtt_messages by the caller): its points and snapshot, or None
@@ -458,8 +461,7 @@ class MqttSource:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._failing = False
-        for m in msgs:
-            self._ack(m)
+        self._ack(msgs)
         self.metrics.count("mqtt_messages_committed", len(msgs))
 
     async def _enrich_and_commit(self, points: list[Point], snapshot: bytes, msg: Message) -> None:

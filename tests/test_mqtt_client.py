@@ -1,0 +1,240 @@
+"""common/mqtt.py on a real Mosquitto: the bulk read path delivers what paho would, acks only
+what was acked, on the connection it came from, and paho's own path still works beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+
+from common.mqtt import AsyncMqtt, Message, MqttUrl
+
+pytestmark = pytest.mark.integration
+
+
+def _url(broker) -> MqttUrl:
+    return MqttUrl.parse(broker.url)
+
+
+class Inbox:
+    """Collects what a client receives; `wait(n)` until n messages are in."""
+
+    def __init__(self, client: AsyncMqtt) -> None:
+        self.msgs: list[Message] = []
+        self._more = asyncio.Event()
+        client.on_messages(self._on)
+
+    def _on(self, msgs: list[Message]) -> None:
+        self.msgs += msgs
+        self._more.set()
+
+    async def wait(self, n: int, timeout: float = 20) -> list[Message]:
+        async with asyncio.timeout(timeout):
+            while len(self.msgs) < n:
+                self._more.clear()
+                await self._more.wait()
+        return self.msgs
+
+    async def quiet(self, seconds: float = 1.0) -> list[Message]:
+        await asyncio.sleep(seconds)
+        return self.msgs
+
+
+async def _publisher(broker) -> AsyncMqtt:
+    pub = AsyncMqtt(_url(broker), f"pub-{uuid.uuid4().hex[:6]}")
+    assert await pub.start()
+    return pub
+
+
+class Connections:
+    """Counts a client's (re)connections, so a test can wait for the next one."""
+
+    def __init__(self, client: AsyncMqtt) -> None:
+        self.client, self.ups = client, 0
+        self._changed = asyncio.Event()
+        client.on_connection_change = self._on
+
+    def _on(self, up: bool) -> None:
+        self.ups += up
+        self._changed.set()
+
+    async def drop_and_wait(self, timeout: float = 15) -> None:
+        """Cut the TCP connection under paho, as a flaky network does, and wait until paho has
+        reconnected by itself."""
+        before = self.ups
+        self.client._client._sock.shutdown(socket.SHUT_RDWR)
+        async with asyncio.timeout(timeout):
+            while self.ups == before:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def test_the_bulk_read_path_is_on_with_the_pinned_paho(mosquitto):
+    # If a paho upgrade removed what it relies on, the client would fall back to paho's slow
+    # path silently; this says so instead.
+    assert AsyncMqtt(_url(mosquitto), "x")._client.bulk
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "paho-path"])
+def test_every_size_and_qos_arrives_intact_and_in_order(mosquitto, bulk):
+    # 0 to 2 MB: every width of MQTT's remaining length, and packets larger than one read
+    sizes = [0, 1, 120, 127, 128, 16_380, 16_384, 70_000, 2_000_000]
+
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "sub")
+        sub._client.bulk = bulk
+        inbox = Inbox(sub)
+        await sub.subscribe("5幢/闸机/#", qos=1)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        sent = []
+        for i, size in enumerate(sizes * 2):
+            qos = i % 2
+            payload = bytes([i % 251]) * size
+            sent.append((f"5幢/闸机/{i}", payload, qos))
+            await pub.publish(f"5幢/闸机/{i}", payload, qos=qos)
+        got = await inbox.wait(len(sent))
+        assert [(m.topic, m.payload, m.qos) for m in got] == sent
+        await pub.stop()
+        await sub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_retained_flag_and_auto_ack_without_manual_ack(mosquitto):
+    async def scenario():
+        pub = await _publisher(mosquitto)
+        await pub.publish("state/gw-01", b'{"state":"online"}', qos=1, retain=True)
+        sub = AsyncMqtt(_url(mosquitto), "sub-auto", persistent=True)  # paho acks by itself
+        inbox = Inbox(sub)
+        await sub.subscribe("state/#", qos=1)
+        await sub.subscribe("live/#", qos=1)
+        assert await sub.start()
+        (m,) = await inbox.wait(1)
+        assert m.retain and m.payload == b'{"state":"online"}'
+        for i in range(50):
+            await pub.publish(f"live/{i}", b"x", qos=1)
+        await inbox.wait(51)
+        await sub.stop()
+        # Acked automatically: a new session of the same client gets nothing again but the retained state.
+        again = AsyncMqtt(_url(mosquitto), "sub-auto", persistent=True)
+        inbox2 = Inbox(again)
+        assert await again.start()
+        assert [m.topic for m in await inbox2.quiet(1.0)] == []
+        await again.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_only_acknowledged_messages_are_not_delivered_again(mosquitto):
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "edge", persistent=True, manual_ack=True)
+        inbox = Inbox(sub)
+        await sub.subscribe("gate/#", qos=1)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        for i in range(300):
+            pub.publish_nowait(f"gate/{i}", str(i).encode(), qos=1)
+        got = await inbox.wait(300)
+        sub.ack_many([m for m in got if int(m.payload) % 3 == 0])  # one write for these hundred
+        sub.ack(got[1])  # and one by one
+        await asyncio.sleep(0.5)
+        await sub.stop()
+
+        back = AsyncMqtt(_url(mosquitto), "edge", persistent=True, manual_ack=True)
+        inbox2 = Inbox(back)
+        assert await back.start()
+        expected = {i for i in range(300) if i % 3 and i != 1}
+        again = await inbox2.wait(len(expected))
+        assert {int(m.payload) for m in again} == expected
+        assert all(m.dup or m.qos == 1 for m in again)
+        back.ack_many(again)
+        await asyncio.sleep(0.5)
+        await back.stop()
+        last = AsyncMqtt(_url(mosquitto), "edge", persistent=True, manual_ack=True)
+        inbox3 = Inbox(last)
+        assert await last.start()
+        assert await inbox3.quiet(1.0) == []
+        await last.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_ack_from_an_earlier_connection_is_never_sent_on_a_later_one(mosquitto):
+    # After a reconnect the broker delivers an unacked message again; the packet id of the first
+    # delivery may by then name another message, so its ack must not go out on the new connection.
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "edge", persistent=True, manual_ack=True)
+        inbox = Inbox(sub)
+        link = Connections(sub)
+        await sub.subscribe("gate/#", qos=1)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        await pub.publish("gate/1", b"open", qos=1)
+        (first,) = await inbox.wait(1)
+        await link.drop_and_wait()
+        second = (await inbox.wait(2))[1]
+        assert second.payload == b"open" and second.conn != first.conn
+        sub.ack(first)  # from the dead connection: not sent
+        await asyncio.sleep(0.5)  # (were it sent, the broker would have it by now)
+        await link.drop_and_wait()
+        third = (await inbox.wait(3))[2]  # so the broker still has it unacked
+        assert third.payload == b"open"
+        sub.ack(third)
+        await asyncio.sleep(0.5)
+        await link.drop_and_wait()
+        assert len(await inbox.quiet(1.0)) == 3  # acked on its own connection: done
+        await sub.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_qos2_goes_through_paho_and_its_manual_ack(mosquitto):
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
+        inbox = Inbox(sub)
+        await sub.subscribe("lift/#", qos=2)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        for i in range(5):
+            await pub.publish(f"lift/{i}", f"floor {i}".encode(), qos=2)
+            await pub.publish(f"lift/{i}/q1", b"status", qos=1)
+        got = await inbox.wait(10)
+        assert sorted(m.payload for m in got if m.qos == 2) == [f"floor {i}".encode() for i in range(5)]
+        sub.ack_many(got)
+        await asyncio.sleep(0.5)
+        await sub.stop()
+        back = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
+        inbox2 = Inbox(back)
+        assert await back.start()
+        assert await inbox2.quiet(1.0) == []
+        await back.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_subscribing_while_a_stream_flows(mosquitto):
+    # SUBACKs arrive between PUBLISH packets in the same read: paho's handler must still get them.
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "sub-late")
+        inbox = Inbox(sub)
+        await sub.subscribe("a/#", qos=1)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        flood = [pub.publish_nowait(f"a/{i}", b"x" * 100, qos=1) for i in range(3000)]
+        for k in range(5):
+            await sub.subscribe(f"b{k}/#", qos=1)  # raises TimeoutError if the SUBACK is lost
+        await asyncio.gather(*flood)
+        await pub.publish("b4/z", b"late", qos=1)
+        got = await inbox.wait(3001)
+        assert got[-1].payload == b"late"
+        await pub.stop()
+        await sub.stop()
+
+    asyncio.run(scenario())
