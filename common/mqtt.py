@@ -73,6 +73,7 @@ _PAHO_INTERNALS = ("_packet_read", "_packet_handle", "_packet_queue", "_sock_rec
                    "_msgtime_mutex", "_last_bytes_received", "_sock", "_protocol", "_transport",
                    "_manual_ack", "reconnect")
 _READ_SIZE = 256 * 1024
+_PAUSE_POLL_S = 0.05
 
 
 def _in_packet(command: int = 0, body: bytes = b"") -> dict:
@@ -100,6 +101,8 @@ class _Client(paho.Client):
         self._have = 0
         self._need = 0
         self._rsock: object = None
+        self.reading = threading.Event()  # cleared: stop reading (see AsyncMqtt.pause_reading)
+        self.reading.set()
         self.bulk = (all(hasattr(self, a) for a in _PAHO_INTERNALS) and self._protocol != paho.MQTTv5
                      and self._transport in ("tcp", "unix"))
         self.on_message = self._on_paho_message
@@ -125,6 +128,14 @@ class _Client(paho.Client):
         self._on_batch([Message(m._topic, m.payload, m.qos, m.mid, m.retain, m.dup, self.generation)])
 
     def _packet_read(self) -> MQTTErrorCode:
+        if not self.reading.is_set() and not self.reading.wait(_PAUSE_POLL_S):
+            # Paused: what is not read stays in the socket, then at the broker (TCP flow
+            # control). Back to paho's loop now and then, for acks, publishes and keep-alive.
+            # We are called because bytes are waiting: the broker is alive, even though its
+            # PINGRESP stays unread for now, so paho's keep-alive must not drop the connection.
+            with self._msgtime_mutex:
+                self._last_bytes_received = paho.time_func()
+            return MQTTErrorCode.MQTT_ERR_AGAIN
         if not self.bulk:
             return super()._packet_read()
         sock = self._sock
@@ -257,6 +268,21 @@ class AsyncMqtt:
         """handler(messages) runs in the asyncio loop with every message that arrived since the
         last call, in arrival order."""
         self._handler = handler
+
+    def pause_reading(self) -> None:
+        """Stop taking messages from the broker until `resume_reading()`; acks and publishes go
+        on. For a receiver that holds more unacknowledged messages than it should keep in
+        memory: a broker may push its whole queue at once (Mosquitto 2.0 does so after the first
+        acks, whatever its max_inflight_messages), and a box restarting after a day away has
+        hundreds of thousands queued."""
+        self._client.reading.clear()
+
+    def resume_reading(self) -> None:
+        self._client.reading.set()
+
+    @property
+    def reading_paused(self) -> bool:
+        return not self._client.reading.is_set()
 
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -21,6 +21,7 @@ from edge.mqtt.source import MqttSource
 from edge.profiles import SHIPPED_DIR, ProfileLibrary
 from edge.registry import Device, Registry, Transport
 from simulators import payloads as pl
+from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,7 @@ class Harness:
         self.metrics = Metrics()
         self.points: list = []
         self.fail = False
+        self.gate: asyncio.Event | None = None  # when set to an Event, commits wait for it
         self.emits = 0
         self.kw = kw
         self.source: MqttSource | None = None
@@ -45,6 +47,8 @@ class Harness:
     async def emit(self, points, *, stamped: bool = False) -> None:
         if self.fail:
             raise OSError("disk full (test)")
+        if self.gate is not None:
+            await self.gate.wait()
         self.emits += 1
         self.points.extend(points)
 
@@ -346,6 +350,40 @@ async def test_a_backlog_kept_by_the_broker_is_not_a_flood(tmp_path, mosquitto):
     assert h.metrics.counters["mqtt_dropped_flood"] == 0
     await h.stop()
     await pub.stop()
+
+
+async def test_a_backlog_is_taken_as_fast_as_it_is_committed_not_all_into_memory(tmp_path):
+    """A box back after a day away has hundreds of thousands of events queued, and Mosquitto 2.0
+    pushes its whole queue once the first acks arrive, whatever its max_inflight_messages (here:
+    no limit at all): the source stops reading while it holds too many unacknowledged messages,
+    and takes the rest as commits catch up. Nothing is lost."""
+    mosquitto = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 0\n").start()
+    h = Harness(tmp_path, mosquitto.url, max_held=300)
+    h.add("g1", "generic-facegate", "gate-1")
+    await h.start()
+    await h.stop()  # the persistent session now holds what is published while we are away
+    pub = await _publisher(mosquitto.url)
+    rng = random.Random(11)
+    start = NOW() - timedelta(hours=3)
+    await asyncio.gather(*[pub.publish_nowait(*pl.facegate_message("generic-facegate", "gate-1", rng,
+                                                                   start + timedelta(seconds=i)))
+                           for i in range(3000)])
+    h.gate = asyncio.Event()  # the outbox is slow: commits wait
+    await h.start()
+    await _until(lambda: h.metrics.counters["mqtt_read_pauses"] >= 1, what="reading paused")
+    await asyncio.sleep(1.5)
+    taken = h.metrics.counters["mqtt_messages"]
+    # what it holds: its allowance, plus at most what the read in progress brought (256 KB)
+    assert 300 <= taken <= 300 + 256 * 1024 // 400, taken
+    assert h.source.mqtt.connected.is_set()  # paused, not disconnected
+    h.gate.set()
+    await _until(lambda: h.metrics.counters["mqtt_messages_committed"] >= 3000, timeout=30, what="all committed")
+    assert len(h.of("gate_event")) + len(h.of("gate_alarm")) == 3000  # each once
+    assert h.metrics.counters["mqtt_read_pauses"] >= 2  # paused again as the backlog went on
+    assert not h.source.mqtt.reading_paused
+    await h.stop()
+    await pub.stop()
+    mosquitto.stop()
 
 
 class _Analytics:

@@ -53,6 +53,11 @@ FLOOD_RATE = 100.0
 FLOOD_BURST = 5000.0
 DISCOVERY_FLUSH_S = 2.0
 CHUNK = 500  # messages mapped between two yields to the event loop (~20-50 ms of work)
+#: Unacknowledged messages the source holds at most (received, being mapped or committed); past
+#: it, reading pauses and the rest waits at the broker. About a second of a busy stream; keeps
+#: a restart after a day's backlog from pulling the whole queue into memory. Reading resumes
+#: below half of it.
+MAX_HELD = 20_000
 COMMITS_IN_FLIGHT = 2  # emits under way at once; one fills the outbox's next group commit while the other lands
 WATCHDOG_S = 1.0
 _TOPIC_CACHE = 20_000
@@ -120,7 +125,7 @@ def _make_privacy(cfg: EdgeConfig) -> Privacy:
 class MqttSource:
     def __init__(self, cfg: EdgeConfig, profiles: ProfileLibrary, registry: Registry, emit: Emit,
                  metrics: Metrics, analytics: Any = None, *, flood_rate: float = FLOOD_RATE,
-                 flood_burst: float = FLOOD_BURST) -> None:
+                 flood_burst: float = FLOOD_BURST, max_held: int = MAX_HELD) -> None:
         assert cfg.local_broker is not None, "MqttSource needs local_broker in the config"
         self.cfg = cfg
         self.library = profiles
@@ -129,6 +134,8 @@ class MqttSource:
         self.metrics = metrics
         self.analytics = analytics
         self.flood_rate, self.flood_burst = flood_rate, flood_burst
+        self.max_held = max_held
+        self._held = 0  # messages received and not acknowledged yet
         self.privacy = _make_privacy(cfg)
         self._unique = UniqueTimestamps()
         self._buf_points: list[Point] = []
@@ -239,7 +246,21 @@ class MqttSource:
         if self._closing:
             return  # not acknowledged: the broker delivers them again after the restart
         self._inbox.extend(batch)
+        self._held += len(batch)
+        self._flow()
         self._wake.set()
+
+    def _flow(self) -> None:
+        """Pause reading from the broker while too many messages wait for their commit (mapping
+        or the outbox is behind, or the outbox fails); resume when half of them are done."""
+        if self.mqtt is None:
+            return
+        if self._held > self.max_held and not self.mqtt.reading_paused:
+            self.mqtt.pause_reading()
+            self.metrics.count("mqtt_read_pauses")
+            log.debug("box broker: %d messages wait for the outbox; reading paused", self._held)
+        elif self._held <= self.max_held // 2 and self.mqtt.reading_paused:
+            self.mqtt.resume_reading()
 
     async def _pump(self) -> None:
         """Map the inbox in chunks: a backlog of thousands of messages must not hold the event
@@ -310,6 +331,8 @@ class MqttSource:
     def _ack(self, msgs: list[Message]) -> None:
         if self.mqtt is not None:
             self.mqtt.ack_many(msgs)  # one write for all; QoS 0 messages need none
+        self._held -= len(msgs)
+        self._flow()
 
     def _handle(self, msg: Message, now: int) -> tuple[list[Point], bytes | None] | None:
         """One message (counted in mqtt_messages by the caller): its points and snapshot, or None
