@@ -101,7 +101,12 @@ class _Client(paho.Client):
         self._have = 0
         self._need = 0
         self._rsock: object = None
-        self.reading = threading.Event()  # cleared: stop reading (see AsyncMqtt.pause_reading)
+        # Flow control (manual ack): past max_unacked messages delivered and not acknowledged,
+        # stop reading until half of them are; 0 = no limit. See AsyncMqtt's max_unacked.
+        self.max_unacked = 0
+        self.unacked = 0
+        self.pauses = 0
+        self.reading = threading.Event()  # cleared: reading paused
         self.reading.set()
         self.bulk = (all(hasattr(self, a) for a in _PAHO_INTERNALS) and self._protocol != paho.MQTTv5
                      and self._transport in ("tcp", "unix"))
@@ -119,13 +124,18 @@ class _Client(paho.Client):
             mids = [m.mid for m in msgs if m.qos == 1 and m.conn == gen]
             if mids:
                 self._packet_queue(PUBACK, pubacks(mids), 0, 0)
+            if self._manual_ack:  # done with, whatever their connection
+                self.unacked -= sum(1 for m in msgs if m.qos)
+                if not self.reading.is_set() and self.unacked <= self.max_unacked // 2:
+                    self.reading.set()
         for m in msgs:
             if m.qos == 2 and m.conn == gen:
                 super().ack(m.mid, 2)
 
     def _on_paho_message(self, client, userdata, m: paho.MQTTMessage) -> None:
         # paho's own path: QoS 2, or everything when the bulk path is off
-        self._on_batch([Message(m._topic, m.payload, m.qos, m.mid, m.retain, m.dup, self.generation)])
+        self._deliver([Message(m._topic, m.payload, m.qos, m.mid, m.retain, m.dup, self.generation)],
+                      paho_acks=True)
 
     def _packet_read(self) -> MQTTErrorCode:
         if not self.reading.is_set() and not self.reading.wait(_PAUSE_POLL_S):
@@ -179,9 +189,17 @@ class _Client(paho.Client):
             self._deliver(batch)
         return MQTTErrorCode.MQTT_ERR_AGAIN
 
-    def _deliver(self, batch: list[Message]) -> None:
+    def _deliver(self, batch: list[Message], paho_acks: bool = False) -> None:
+        if self._manual_ack:
+            if self.max_unacked:
+                with self._gen_lock:
+                    self.unacked += sum(1 for m in batch if m.qos)
+                    # Here, in the network thread, before the next read: the limit holds exactly.
+                    if self.unacked >= self.max_unacked and self.reading.is_set():
+                        self.reading.clear()
+                        self.pauses += 1
         self._on_batch(batch)
-        if not self._manual_ack:  # paho acknowledges after the callback returned; so do we
+        if not self._manual_ack and not paho_acks:  # paho acks after the callback returned; so do we
             self.queue_acks(batch)
 
     def _handle_other(self, first: int, body: bytes) -> MQTTErrorCode:
@@ -201,13 +219,20 @@ class AsyncMqtt:
 
     persistent=True asks the broker for a persistent session (clean_session=False), so QoS 1
     messages published while we were away are kept for us. manual_ack=True means the broker is
-    only told a message was received when `ack(msg)` is called.
+    only told a message was received when `ack(msg)` is called; every message must then be
+    acked once, even one that is dropped.
+
+    max_unacked (with manual_ack): while that many messages wait for their ack, reading stops,
+    and the rest stays at the broker until half of them are acked; acks, publishes and the
+    keep-alive go on. A broker may push its whole queue at once (Mosquitto 2.0 does once acks
+    flow, whatever its max_inflight_messages), and a box back after a day away has hundreds of
+    thousands of messages queued. 0: no limit.
     """
 
     def __init__(self, url: MqttUrl, client_id: str, *, persistent: bool = False,
                  manual_ack: bool = False, username: str | None = None, password: str | None = None,
                  tls: TlsFiles | None = None, will: tuple[str, bytes, bool] | None = None,
-                 max_inflight: int = 100, keepalive: int = 30) -> None:
+                 max_inflight: int = 100, keepalive: int = 30, max_unacked: int = 0) -> None:
         self.url = url
         self.client_id = client_id
         self._client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
@@ -224,6 +249,7 @@ class AsyncMqtt:
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=will[2])
         self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_unacked = max_unacked if manual_ack else 0
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(1, 30)
         self._keepalive = keepalive
@@ -269,20 +295,14 @@ class AsyncMqtt:
         last call, in arrival order."""
         self._handler = handler
 
-    def pause_reading(self) -> None:
-        """Stop taking messages from the broker until `resume_reading()`; acks and publishes go
-        on. For a receiver that holds more unacknowledged messages than it should keep in
-        memory: a broker may push its whole queue at once (Mosquitto 2.0 does so after the first
-        acks, whatever its max_inflight_messages), and a box restarting after a day away has
-        hundreds of thousands queued."""
-        self._client.reading.clear()
-
-    def resume_reading(self) -> None:
-        self._client.reading.set()
-
     @property
     def reading_paused(self) -> bool:
+        """True while max_unacked messages wait for their ack (see __init__)."""
         return not self._client.reading.is_set()
+
+    @property
+    def read_pauses(self) -> int:
+        return self._client.pauses
 
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -54,9 +54,9 @@ FLOOD_BURST = 5000.0
 DISCOVERY_FLUSH_S = 2.0
 CHUNK = 500  # messages mapped between two yields to the event loop (~20-50 ms of work)
 #: Unacknowledged messages the source holds at most (received, being mapped or committed); past
-#: it, reading pauses and the rest waits at the broker. About a second of a busy stream; keeps
-#: a restart after a day's backlog from pulling the whole queue into memory. Reading resumes
-#: below half of it.
+#: it, reading pauses and the rest waits at the broker (AsyncMqtt max_unacked). About a second
+#: of a busy stream; keeps a restart after a day's backlog from pulling the whole queue into
+#: memory.
 MAX_HELD = 20_000
 COMMITS_IN_FLIGHT = 2  # emits under way at once; one fills the outbox's next group commit while the other lands
 WATCHDOG_S = 1.0
@@ -135,7 +135,6 @@ class MqttSource:
         self.analytics = analytics
         self.flood_rate, self.flood_burst = flood_rate, flood_burst
         self.max_held = max_held
-        self._held = 0  # messages received and not acknowledged yet
         self.privacy = _make_privacy(cfg)
         self._unique = UniqueTimestamps()
         self._buf_points: list[Point] = []
@@ -246,21 +245,7 @@ class MqttSource:
         if self._closing:
             return  # not acknowledged: the broker delivers them again after the restart
         self._inbox.extend(batch)
-        self._held += len(batch)
-        self._flow()
         self._wake.set()
-
-    def _flow(self) -> None:
-        """Pause reading from the broker while too many messages wait for their commit (mapping
-        or the outbox is behind, or the outbox fails); resume when half of them are done."""
-        if self.mqtt is None:
-            return
-        if self._held > self.max_held and not self.mqtt.reading_paused:
-            self.mqtt.pause_reading()
-            self.metrics.count("mqtt_read_pauses")
-            log.debug("box broker: %d messages wait for the outbox; reading paused", self._held)
-        elif self._held <= self.max_held // 2 and self.mqtt.reading_paused:
-            self.mqtt.resume_reading()
 
     async def _pump(self) -> None:
         """Map the inbox in chunks: a backlog of thousands of messages must not hold the event
@@ -331,8 +316,6 @@ class MqttSource:
     def _ack(self, msgs: list[Message]) -> None:
         if self.mqtt is not None:
             self.mqtt.ack_many(msgs)  # one write for all; QoS 0 messages need none
-        self._held -= len(msgs)
-        self._flow()
 
     def _handle(self, msg: Message, now: int) -> tuple[list[Point], bytes | None] | None:
         """One message (counted in mqtt_messages by the caller): its points and snapshot, or None
@@ -503,6 +486,8 @@ class MqttSource:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_S)
+            if self.mqtt is not None:  # in gateway_health: how often the outbox held the broker back
+                self.metrics.counters["mqtt_read_pauses"] = self.mqtt.read_pauses
             now = time.time_ns()
             for reg in list(self._index.values()):
                 timeout = reg.profile.heartbeat_timeout_s
@@ -565,7 +550,8 @@ class MqttSource:
             self.reconcile(self.registry.all())
         self.mqtt = AsyncMqtt(lb.parsed(), self.client_id(), persistent=True, manual_ack=True,
                               username=lb.username, password=lb.password,
-                              tls=lb.tls.files() if lb.tls else None, max_inflight=1000)
+                              tls=lb.tls.files() if lb.tls else None, max_inflight=1000,
+                              max_unacked=self.max_held)
         self.mqtt.on_messages(self._on_messages)
         self.mqtt.on_connection_change = self._connection_changed
         for f in self.subscriptions():
