@@ -58,6 +58,7 @@ def test_meter_reading_reaches_influxdb(tmp_path, mosquitto, central_broker, inf
 
     doc = wait_for(status, timeout=10, what="status: agent running, uplink connected")
     assert {d["id"]: d["online"] for d in doc["devices"]} == {DEVICE: True, "meter-2": True}
+    assert doc["metrics"]["counters"]["points_accepted"] > 0  # the running agent's counters
 
     assert edge.stop() == 0, edge.output()
     assert collector.stop() == 0, collector.output()

@@ -379,7 +379,7 @@ async def test_a_backlog_is_taken_as_fast_as_it_is_committed_not_all_into_memory
     h.gate.set()
     await _until(lambda: h.metrics.counters["mqtt_messages_committed"] >= 3000, timeout=30, what="all committed")
     assert len(h.of("gate_event")) + len(h.of("gate_alarm")) == 3000  # each once
-    await asyncio.sleep(1.2)  # the watchdog reports the pauses in gateway_health's counters
+    await asyncio.sleep(1.2)  # the watchdog copies the pauses into the metrics (status.json)
     assert h.metrics.counters["mqtt_read_pauses"] >= 2  # paused again as the backlog went on
     assert not h.source.mqtt.reading_paused
     await h.stop()

@@ -122,6 +122,8 @@ def status(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
                      "consecutive_failures": dev_state.get(d.id, {}).get("consecutive_failures")}
                     for d in devices],
     }
+    if running:  # the agent's counters: drops by reason, read pauses, resends...
+        doc["metrics"] = st.get("metrics", {})
     if json_out:
         print_json(doc)
         return

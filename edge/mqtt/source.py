@@ -486,7 +486,7 @@ class MqttSource:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_S)
-            if self.mqtt is not None:  # in gateway_health: how often the outbox held the broker back
+            if self.mqtt is not None:  # for status.json: how often the outbox held the broker back
                 self.metrics.counters["mqtt_read_pauses"] = self.mqtt.read_pauses
             now = time.time_ns()
             for reg in list(self._index.values()):
