@@ -3,12 +3,16 @@ collector processes, beside a plain HTTP write of the same line protocol straigh
 (the ceiling). Real Mosquitto and InfluxDB 1.6.7 in a temp folder.
 
     .venv/bin/python bench/collector_write.py [--points 300000] [--batch 2000] [--rounds 2]
-                                              [--write-points 50000] [--gzip]
+                                              [--write-points 50000] [--gzip] [--wire 1|2]
+                                              [--in-flight N]
 
 Method (what is timed, and why the figures are comparable):
 - The uplink batches (meters of 6 float fields, 500 devices per gateway, 4 gateways) are encoded
-  before anything is timed. Each round creates a fresh database per run, so every run writes
-  the same points into an empty database.
+  as the edge encodes them (outbox bodies, then `encode_batch_raw`; wire v2 unless --wire 1)
+  before anything is timed; the edge's CPU for that is printed. Each round creates a fresh
+  database per run, so every run writes the same points into an empty database.
+- The in-process hot path (decode; checks and line protocol) runs once, before the rounds, with
+  the collector's GC settings; it is printed split in two.
 - ceiling: the line protocol the collector itself produces, cut into bodies of --write-points
   points (the collector's `write.max_points`), compressed or not as the collector sends them
   (--gzip), POSTed one after another over one kept-alive HTTP connection. Only the POSTs are
@@ -28,12 +32,16 @@ Method (what is timed, and why the figures are comparable):
   collector (one process, one core) leaves InfluxDB one core. With the CPU figures, the rate on
   separate hosts is about 1e6 / (collector µs per point) per collector core.
 - The collectors' own wait counters (status file) are printed: time waiting for batches (the
-  broker side is short of work) and for the InfluxDB writer (the sink is the limit).
-- With 300,000 points and 50,000-point writes, the first group's checks and the last write do
-  not overlap anything; --points 1000000 shows the steady state.
+  broker side is short of work) and for the InfluxDB writers (the sink is the limit), and the
+  time the HTTP writes took (summed over the collectors, so with two it can exceed the run).
+- With 300,000 points and 50,000-point writes, the last write does not overlap anything (the
+  first does not wait for 50,000 points of checking: an idle writer takes a smaller group);
+  --points 1000000 shows the steady state. --in-flight sets the collectors' write.max_in_flight.
 - Every run checks that all points arrived (count in InfluxDB) before its figure is printed.
 
-Ends with: BENCH collector_write points=... ceiling_pps=... one_pps=... two_pps=... one_ratio=... two_ratio=...
+Ends with: BENCH collector_write points=... batch=... write_points=... gzip=... rounds=... ceiling_pps=...
+one_pps=... two_pps=... one_ratio=... two_ratio=... wire=... (wire= was added with wire v2; the
+keys before it are as they were)
 """
 
 from __future__ import annotations
@@ -79,8 +87,9 @@ def cpu_s(pid: int) -> float:
         return 0.0
 
 
-def make_batches(total: int, per_batch: int, t0: int) -> list[tuple[str, str, bytes, int]]:
-    """(gateway, batch id, payload, points): meters of 6 fields, 500 devices per gateway."""
+def make_batches(total: int, per_batch: int, t0: int, version: int) -> list[tuple[str, str, bytes, int]]:
+    """(gateway, batch id, payload, points): meters of 6 fields, 500 devices per gateway, encoded
+    as the edge does (points stored as `point_json` bodies, then `encode_batch_raw`)."""
     out = []
     n = 0
     i = 0
@@ -94,25 +103,35 @@ def make_batches(total: int, per_batch: int, t0: int) -> list[tuple[str, str, by
                               "power_factor": 0.98, "frequency": 50.01, "energy_import": 1000.0 + j / 1000},
                              t0 + j * 1000))
         bid = f"b{i}"
-        out.append((gw, bid, wire.encode_batch(wire.Batch(SITE, gw, bid, pts, time.time_ns())), len(pts)))
+        bodies = [wire.point_json(p) for p in pts]
+        out.append((gw, bid, wire.encode_batch_raw(SITE, gw, bid, time.time_ns(), bodies, version=version), len(pts)))
         n += len(pts)
         i += 1
     return out
 
 
-def lines_of(batches, limits) -> list[str]:
+def lines_of(batches, limits) -> tuple[list[bytes], float, float]:
+    """The collector's line protocol for the batches, and the CPU seconds of decoding (zlib and
+    JSON) and of checking and formatting them."""
+    from collector.service import tune_gc
     from collector.validate import LineMaker
+    tune_gc()  # as the collector runs
     maker = LineMaker(limits)
     out = []
+    decode = check = 0.0
     for _, _, payload, _ in batches:
+        t = time.process_time()
         b = wire.decode_batch_items(payload)
-        out.extend(maker.check_items(b.site, b.gateway, b.items, time.time_ns()).lines)
-    return out
+        t1 = time.process_time()
+        out.extend(maker.check_batch(b, time.time_ns()).lines)
+        decode, check = decode + t1 - t, check + time.process_time() - t1
+    return out, decode, check
 
 
-def bodies_of(lines: list[str], chunk: int, use_gzip: bool) -> list[bytes]:
+def bodies_of(lines: list[bytes], chunk: int, use_gzip: bool) -> list[bytes]:
     """The HTTP bodies the collector would send for these lines (built before the timing)."""
-    bodies = [("\n".join(lines[i:i + chunk]) + "\n").encode() for i in range(0, len(lines), chunk)]
+    from collector.service import body_of
+    bodies = [body_of(lines[i:i + chunk]) for i in range(0, len(lines), chunk)]
     return [gzip.compress(b, 1) for b in bodies] if use_gzip else bodies
 
 
@@ -169,7 +188,10 @@ def write_configs(tmp: Path, broker: Mosquitto, influx: InfluxDB1, db: str, n: i
                         "--influx-url", influx.url, "--database", db, "--state-dir", str(tmp / f"state-{tag}"),
                         "--force"], check=True, capture_output=True)
         doc = yaml.safe_load(cfg.read_text())
-        doc.update(name=f"bench-{tag}-{k}", log_level="warning", write={"max_points": args.write_points})
+        write = {"max_points": args.write_points}
+        if args.in_flight:
+            write["max_in_flight"] = args.in_flight
+        doc.update(name=f"bench-{tag}-{k}", log_level="warning", write=write)
         doc["sink"]["gzip"] = args.gzip
         cfg.write_text(yaml.safe_dump(doc, allow_unicode=True))
         cfgs.append(cfg)
@@ -248,6 +270,9 @@ def main() -> None:
     ap.add_argument("--gzip", action=argparse.BooleanOptionalAction, default=False,
                     help="gzip the HTTP bodies (collector sink.gzip and the ceiling alike)")
     ap.add_argument("--rounds", type=int, default=2, help="ceiling/one/two rounds (figures: medians)")
+    ap.add_argument("--in-flight", type=int, default=None, help="collector write.max_in_flight (default: its default)")
+    ap.add_argument("--wire", type=int, choices=(1, 2), default=wire.WIRE_VERSION,
+                    help="uplink batch version the publisher sends (the edge's uplink.wire_version)")
     args = ap.parse_args()
     from collector.config import Limits
 
@@ -259,13 +284,17 @@ def main() -> None:
         broker = Mosquitto(tmp / "broker").start()
         try:
             t0 = time.time_ns() - 3600 * 10**9
-            batches = make_batches(args.points, args.batch, t0)
-            total = sum(b[3] for b in batches)
             t = time.process_time()
-            lines = lines_of(batches, Limits())
-            cpu = time.process_time() - t
+            batches = make_batches(args.points, args.batch, t0, args.wire)
+            total = sum(b[3] for b in batches)
+            edge_cpu = time.process_time() - t
+            lines, decode, check = lines_of(batches, Limits())
+            cpu = decode + check
+            print(f"wire v{args.wire}: {sum(len(b[2]) for b in batches) / total:.1f} bytes per point compressed; "
+                  f"the edge's encoding (point_json + encode_batch_raw) {edge_cpu / total * 1e6:.2f} µs CPU per point")
             print(f"hot path (decode + validate + line protocol), in-process, one core: {total / cpu:,.0f} points/s "
-                  f"({cpu / total * 1e6:.2f} µs CPU per point)")
+                  f"({cpu / total * 1e6:.2f} µs CPU per point: decode {decode / total * 1e6:.2f}, "
+                  f"check and format {check / total * 1e6:.2f})")
             bodies = bodies_of(lines, args.write_points, args.gzip)
             print(f"bodies: gzip={'on' if args.gzip else 'off'}, {args.write_points} points per write, "
                   f"{args.batch} points per uplink batch")
@@ -307,7 +336,7 @@ def main() -> None:
     c = med["ceiling"]
     print(f"BENCH collector_write points={total} batch={args.batch} write_points={args.write_points} "
           f"gzip={int(args.gzip)} rounds={args.rounds} ceiling_pps={c:.0f} one_pps={med['one']:.0f} "
-          f"two_pps={med['two']:.0f} one_ratio={med['one'] / c:.2f} two_ratio={med['two'] / c:.2f}")
+          f"two_pps={med['two']:.0f} one_ratio={med['one'] / c:.2f} two_ratio={med['two'] / c:.2f} wire={args.wire}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,9 @@ class WriteConfig(_Strict):
     (throughput), each is acked after that write succeeded."""
     max_points: int = Field(50_000, ge=1, description="points per HTTP write, at most")
     max_batches: int = Field(200, ge=1, description="uplink batches per HTTP write, at most")
+    max_in_flight: int = Field(2, ge=1, le=16, description=(
+        "HTTP writes handed to InfluxDB at once. The sink sends them one after another on one "
+        "connection: with 2 the next is ready the moment InfluxDB answers the one before"))
     retries: int = Field(3, ge=0, le=20, description="attempts after the first before answering 'retry'")
     backoff_s: float = Field(0.5, gt=0, le=60, description="first wait between attempts; doubles each time")
     backoff_max_s: float = Field(10.0, gt=0, le=600)

@@ -1,15 +1,21 @@
 """The collector: takes uplink batches from the central broker, checks them, writes them to
 InfluxDB and only then acks to the edge (DESIGN.md, "Delivery").
 
-Pipeline (one asyncio loop, two stages so the CPU work overlaps the HTTP write):
-  MQTT messages -> _queue -> checker (decode, authorise, validate, line protocol)
-                -> _groups (at most one group waiting) -> writer (one HTTP write per group,
-                   retries with backoff) -> "ok" ack per batch, MQTT ack per message.
-Several queued batches go into one HTTP write: this is what makes the collector fast.
+Pipeline (one asyncio loop; the CPU work overlaps the HTTP writes):
+  MQTT messages -> _queue -> checker (decode, authorise, validate, line protocol, HTTP body)
+                -> _groups (at most one group waiting) -> writers (write.max_in_flight of them,
+                   one HTTP write per group, retries with backoff) -> "ok" ack per batch, MQTT ack
+                   per message.
+Several queued batches go into one HTTP write: this is what makes the collector fast. The writers
+hand their groups to the sink, which sends them one after another from its own thread
+(collector/sinks/__init__.py): with two in flight, the next body is ready the moment InfluxDB
+answers the one before, and InfluxDB never waits for the collector. A writer with nothing to do
+takes the checker's group early, so a burst reaches InfluxDB after its first batches rather than
+after the first write.max_points of checking; while InfluxDB is busy, groups grow to full size.
 
 MQTT messages are acknowledged to the broker (manual ack) only after they were handled, so a
 collector killed mid-batch loses nothing: the broker redelivers, or the edge resends. While the
-sink fails, the writer backs off and nothing is acked "ok": the checker stalls, paho's in-flight
+sink fails, the writers back off and nothing is acked "ok": the checker stalls, paho's in-flight
 window fills, and the broker and the edges keep the data (backpressure).
 
 Several collectors share the uplink through an MQTT shared subscription ($share/GROUP/...). On
@@ -21,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import json
 import logging
 import os
 import re
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -41,7 +49,22 @@ from collector.validate import LineMaker, authorise
 log = logging.getLogger(__name__)
 
 STATUS_PREFIX = "status-"
+#: A writer with nothing to do takes a group of at least write.max_points / EARLY_PART points.
+EARLY_PART = 8
+#: Seconds a thread waiting for the GIL waits before the checker must let it run (Python's
+#: default is 5 ms): the sink's sender thread needs it a few times per write to read the answer
+#: and start the next write, and InfluxDB waits meanwhile.
+SWITCH_INTERVAL_S = 0.001
 _BATCH_ID = re.compile(rb'"batch":"([^"\\]{1,200})"')
+
+
+def tune_gc() -> None:
+    """Every batch decodes into thousands of short-lived lists and strings: with the default
+    threshold (700) the cyclic GC runs several times per batch and rescans the batch still in
+    use. Collecting less often costs no memory worth noting here and saves 5-10 % of the CPU per
+    point (bench/collector_write.py); freeze() leaves the start-up objects out of it."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _peek_batch_id(payload: bytes) -> str | None:
@@ -61,7 +84,7 @@ class Checked:
     site: str
     gateway: str
     batch_id: str
-    lines: list[str]
+    lines: list[bytes]
     refused: collections.Counter
     newest_ns: int
     sent_ns: int
@@ -71,6 +94,17 @@ class Checked:
 class Group:
     items: list[Checked] = field(default_factory=list)
     points: int = 0
+    #: The HTTP body of all the items' lines, made by the checker when it hands the group over,
+    #: so that the writer has nothing to do but send it.
+    body: bytes = b""
+
+    def seal(self) -> "Group":
+        self.body = body_of([ln for it in self.items for ln in it.lines])
+        return self
+
+
+def body_of(lines: list[bytes]) -> bytes:
+    return b"\n".join(lines) + b"\n"
 
 
 class Collector:
@@ -85,6 +119,7 @@ class Collector:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._groups: asyncio.Queue[Group] = asyncio.Queue(maxsize=1)
         self._busy = 0  # groups taken by the checker or the writer and not finished yet
+        self._idle_writers = 0  # writers waiting for a group: the checker hands its group over early
         self._logged: set[str] = set()
         self.started_ns = time.time_ns()
         b = cfg.broker
@@ -116,6 +151,7 @@ class Collector:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         await self.mqtt.subscribe(self.subscription, qos=1)
         if not await self.mqtt.start(wait=10):
             log.warning("central broker %s not reachable yet (%s); retrying", self.mqtt.url,
@@ -125,8 +161,8 @@ class Collector:
                         self.cfg.sink.url)
         log.info("collector %s: subscribed to %s on %s, writing to %s", self.cfg.name, self.subscription,
                  self.mqtt.url, self.cfg.sink.url)
-        pipeline = [asyncio.create_task(self._checker(), name="collector-checker"),
-                    asyncio.create_task(self._writer(), name="collector-writer")]
+        pipeline = [asyncio.create_task(self._checker(), name="collector-checker")] + [
+            asyncio.create_task(self._writer(), name=f"collector-writer-{i}") for i in range(self.cfg.write.max_in_flight)]
         side = [asyncio.create_task(self._health_loop(), name="collector-health"),
                 asyncio.create_task(self._status_loop(), name="collector-status")]
         await stop.wait()
@@ -159,6 +195,7 @@ class Collector:
     # -- stage 1: check ----------------------------------------------------------------------
     async def _checker(self) -> None:
         limit_points, limit_batches = self.cfg.write.max_points, self.cfg.write.max_batches
+        early = max(1, limit_points // EARLY_PART)
         mono = time.monotonic
         while True:
             t0 = mono()
@@ -183,14 +220,15 @@ class Collector:
                         group.items.append(item)
                         group.points += len(item.lines)
                     if (group.points >= limit_points or len(group.items) >= limit_batches
-                            or self._queue.empty()):
-                        break
+                            or self._queue.empty() or (self._idle_writers and group.points >= early)):
+                        break  # full, nothing more to add, or a writer waits for work (module doc)
                     # Let the writer run between batches: awaiting a non-empty queue never yields,
                     # and without this the HTTP body of the group in flight would not be sent and
                     # its answer not read until this group is done (no overlap with InfluxDB).
                     await asyncio.sleep(0)
                     msg = self._queue.get_nowait()
                 if group.items:
+                    group.seal()
                     t0 = mono()
                     await self._groups.put(group)
                     self.counters["checker_blocked_ms"] += int((mono() - t0) * 1000)
@@ -230,14 +268,14 @@ class Collector:
                            site, gateway, reason)
             self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
             return self._refuse(msg, "unauthorised")
-        n = len(batch.items)
+        n = batch.count
         if n > lim.max_points_per_batch:
             reason = f"{n} points in one batch, more than the collector's limit of {lim.max_points_per_batch}"
             self._log_once(f"many:{gateway}", logging.WARNING, "refused a batch from %s/%s: %s", site, gateway, reason)
             self._reply(site, gateway, wire.Ack(batch.batch_id, "rejected", reason=reason))
             return self._refuse(msg, "too_many_points")
         self.counters["points_in"] += n
-        verdict = self.lines.check_items(site, gateway, batch.items, time.time_ns())
+        verdict = self.lines.check_batch(batch, time.time_ns())
         for r, k in verdict.refused.items():
             self.counters[f"refused_{r}"] += k
             self._log_once(f"refused:{gateway}:{r}", logging.WARNING,
@@ -256,7 +294,11 @@ class Collector:
     # -- stage 2: write ----------------------------------------------------------------------
     async def _writer(self) -> None:
         while True:
-            group = await self._groups.get()
+            self._idle_writers += 1
+            try:
+                group = await self._groups.get()
+            finally:
+                self._idle_writers -= 1
             self._busy += 1
             try:
                 await self._write_group(group)
@@ -268,13 +310,11 @@ class Collector:
             finally:
                 self._busy -= 1
 
-    async def _write(self, lines: list[str], count: int) -> WriteResult:
+    async def _write(self, body: bytes, count: int) -> WriteResult:
         """One write with retries and exponential backoff; SinkUnavailable after the last."""
         w = self.cfg.write
         delay = w.backoff_s
-        body = "\n".join(lines) + "\n"
         for attempt in range(w.retries + 1):
-            t0 = time.monotonic()
             try:
                 result = await self.sink.write(body, count)
             except SinkUnavailable as exc:
@@ -287,7 +327,7 @@ class Collector:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, w.backoff_max_s)
                 continue
-            ms = (time.monotonic() - t0) * 1000
+            ms = result.seconds * 1000
             self.counters["sink_writes"] += 1
             self.counters["sink_ms_total"] += int(ms)
             self.gauges["sink_ms_last"] = round(ms, 1)
@@ -303,12 +343,12 @@ class Collector:
         results: dict[int, WriteResult] = {}
         if items:
             try:
-                res = await self._write([ln for it in items for ln in it.lines], group.points)
+                res = await self._write(group.body, group.points)
                 if res.refused and len(items) > 1:
                     # InfluxDB dropped some points (a field type conflict) and does not say whose:
                     # write batch by batch (same points, same identity: harmless) to attribute them.
                     for it in items:
-                        results[id(it)] = await self._write(it.lines, len(it.lines))
+                        results[id(it)] = await self._write(body_of(it.lines), len(it.lines))
                 else:
                     for it in items:
                         results[id(it)] = res
@@ -356,7 +396,7 @@ class Collector:
     async def handle(self, topic: str, payload: bytes) -> None:
         item = await self._check(topic, payload, None)
         if item is not None:
-            await self._write_group(Group([item], len(item.lines)))
+            await self._write_group(Group([item], len(item.lines)).seal())
 
     # -- self-observation --------------------------------------------------------------------
     def health_points(self) -> list[Point]:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.mqtt import MqttUrl, TlsFiles
-from common.wire import ID_PATTERN
+from common.wire import ID_PATTERN, WIRE_VERSION, WIRE_VERSIONS
 from common.yamlconf import load_model
 
 ENV_VAR = "POPLAR_EDGE_CONFIG"
@@ -60,6 +60,17 @@ class UplinkConfig(BrokerConfig):
     batch_max_wait_s: float = Field(1.0, gt=0, le=60, description="longest a live point waits to be batched")
     ack_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_inflight: int = Field(8, ge=1, le=256, description="batches sent and not yet acknowledged")
+    wire_version: int = Field(WIRE_VERSION, description=(
+        "uplink batch format (docs/wire-format.md): 2 is columnar and costs the collector much less; "
+        "1 only while the central collector is older (it counts v2 batches as malformed and never acks them)"))
+
+    @field_validator("wire_version")
+    @classmethod
+    def _wire_version(cls, v: int) -> int:
+        if v not in WIRE_VERSIONS:
+            raise ValueError(f"use {WIRE_VERSION}, or 1 while the central collector is too old to read "
+                             f"v{WIRE_VERSION} (docs/wire-format.md)")
+        return v
 
 
 class OutboxConfig(_Strict):

@@ -152,7 +152,8 @@ class Uplink:
         if claim is None:
             return False
         batch_id = f"{self._boot}:{claim.lo}-{claim.hi}"
-        payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, batch_id, self.clock.now_ns(), claim.bodies)
+        payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, batch_id, self.clock.now_ns(), claim.bodies,
+                                        version=self.ucfg.wire_version)
         now = time.monotonic()
         f = self._inflight[batch_id] = InFlight(batch_id, claim, payload, now, now, live=live)
         self._send(f)
@@ -168,7 +169,8 @@ class Uplink:
         self._probe_n += 1
         pid = f"{self._boot}:probe-{self._probe_n}"
         self._probes = {pid: now}
-        payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, pid, self.clock.now_ns(), [])
+        payload = wire.encode_batch_raw(self.cfg.site, self.cfg.gateway, pid, self.clock.now_ns(), [],
+                                        version=self.ucfg.wire_version)
         try:
             self.mqtt.publish_nowait(self.up_topic, payload, qos=1)
         except Exception as exc:

@@ -53,9 +53,10 @@ class FakeEdge:
         assert await self.mqtt.start()
         await self.mqtt.subscribe(wire.ack_topic(self.site, self.gw))
 
-    async def send(self, batch_id: str, points: list[Point], site=None, gw=None, topic=None):
+    async def send(self, batch_id: str, points: list[Point], site=None, gw=None, topic=None, version=wire.WIRE_VERSION):
         b = wire.Batch(site or self.site, gw or self.gw, batch_id, points, time.time_ns())
-        await self.mqtt.publish(topic or wire.up_topic(self.site, self.gw), wire.encode_batch(b), timeout=10)
+        await self.mqtt.publish(topic or wire.up_topic(self.site, self.gw), wire.encode_batch(b, version=version),
+                                timeout=10)
 
     async def wait_acks(self, ids, timeout=20):
         deadline = time.monotonic() + timeout
@@ -261,3 +262,43 @@ def test_batch_limits_refuse_whole_batches(tmp_path, central_broker, influx, inf
                    timeout=10, what="rejected_too_large in status")
     assert doc["collectors"][0]["counters"]["rejected_too_many_points"] == 1
     assert influx.count("meter", influx_db) == 10
+
+
+def test_v1_and_v2_batches_are_both_written_alike(tmp_path, central_broker, influx, influx_db, spawn):
+    """Gateways upgrade at other times than the collector: a v1 batch is still accepted, and the
+    same points sent as v2 land in InfluxDB with the same values, types and refusals."""
+    cfg = _cfg(tmp_path, central_broker, influx.url, influx_db)
+    run_cli("poplar-collector", "gateways", "add", "gw1", "--site", "sunny", "--config", cfg)
+    spawn("poplar-collector", "run", "--config", cfg)
+    now = time.time_ns()
+
+    def pts(device: str) -> list[Point]:
+        tags = {"site": "sunny", "gateway": "gw1", "device": device, "building": "5幢"}
+        return [Point("meter", tags, {"voltage": 220.5 + i, "n": i, "ok": i % 2 == 0, "note": f'说"{i}"\\'}, now + i)
+                for i in range(20)] + [
+            Point("meter", tags, {"voltage": math.nan}, now + 100),           # refused: nan_or_infinity
+            Point("meter", tags, {"n": 2**64}, now + 101),                    # refused: integer_out_of_range
+            Point("meter", tags, {"voltage": 1.0}, now - 90 * 86400 * 10**9)]  # refused: too_old
+
+    async def scenario():
+        e = FakeEdge(central_broker.url, "sunny", "gw1")
+        await e.start()
+        await asyncio.sleep(1.5)
+        await e.send("as-v1", pts("电表-v1"), version=1)
+        await e.send("as-v2", pts("电表-v2"), version=2)
+        acks = await e.wait_acks(["as-v1", "as-v2"])
+        await e.mqtt.stop()
+        return acks
+
+    acks = asyncio.run(scenario())
+    for bid in ("as-v1", "as-v2"):
+        a = acks[bid][0]
+        assert (a.status, a.written, a.refused) == ("ok", 20, 3), (bid, a)
+        assert "nan_or_infinity=1" in a.reason and "integer_out_of_range=1" in a.reason and "too_old=1" in a.reason
+    rows = {d: influx.rows(f"SELECT voltage, n, ok, note, building FROM meter WHERE device = '电表-{d}'", influx_db)
+            for d in ("v1", "v2")}
+    assert len(rows["v1"]) == 20 and rows["v1"] == rows["v2"]
+    assert rows["v2"][3] == {"time": now + 3, "voltage": 223.5, "n": 3, "ok": False, "note": '说"3"\\',
+                             "building": "5幢"}
+    types = influx.query('SHOW FIELD KEYS FROM "meter"', influx_db)["results"][0]["series"][0]["values"]
+    assert dict(map(tuple, types)) == {"voltage": "float", "n": "integer", "ok": "boolean", "note": "string"}

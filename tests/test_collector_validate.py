@@ -61,7 +61,7 @@ def test_good_points_around_bad_ones_are_kept_and_cached_heads_stay_correct():
            _p("evil"), _p(tags={"device": "5幢 A,B=C"}, ts=NOW + 2)]
     for _ in range(2):  # the second pass runs on the caches
         v = maker.check(Batch("s", "g", "b", pts, 0, bad_items=2), NOW)
-        assert v.lines == [f"meter,device=d,gateway=g,site=s v=1.5,n=2i,ok=true {NOW}",
+        assert v.text_lines == [f"meter,device=d,gateway=g,site=s v=1.5,n=2i,ok=true {NOW}",
                            f'meter,device=d,gateway=g,site=s s="a\\"b\\\\c" {NOW + 1}',
                            f"meter,device=5幢\\ A\\,B\\=C,gateway=g,site=s v=1.0 {NOW + 2}"]
         assert v.refused == {"nan_or_infinity": 1, "unknown_measurement": 1, "malformed_point": 2}
@@ -73,8 +73,8 @@ def test_good_points_around_bad_ones_are_kept_and_cached_heads_stay_correct():
 
 def test_escape_newlines_mode():
     v = LineMaker(LIM, escape_newlines=True).check(Batch("s", "g", "b", [_p(fields={"s": 'x\ny"\\'})]), NOW)
-    assert v.lines == [f'meter,device=d,gateway=g,site=s s="x\\ny\\"\\\\" {NOW}']
-    assert "\n" not in v.lines[0]
+    assert v.text_lines == [f'meter,device=d,gateway=g,site=s s="x\\ny\\"\\\\" {NOW}']
+    assert "\n" not in v.text_lines[0]
 
 
 # -- the fast path (cached field-set templates) formats and refuses exactly as the full checks --
@@ -116,7 +116,7 @@ def test_fast_path_edge_cases():
     head = "meter,device=5%s{0},gateway=g,site=s"
     for _ in range(3):  # cold, then warm caches
         v = maker.check_items("s", "g", items, NOW)
-        assert v.lines == [f"{head} a{{b}}%d=1.5,{{0}}=2i {NOW}", f"{head} a{{b}}%d=1e+308,{{0}}=1i {NOW}",
+        assert v.text_lines == [f"{head} a{{b}}%d=1.5,{{0}}=2i {NOW}", f"{head} a{{b}}%d=1e+308,{{0}}=1i {NOW}",
                            f"{head} a{{b}}%d=1e+308,x=1e+308 {NOW}", f"{head} a{{b}}%d=1.0,{{0}}=true {NOW}"]
         assert v.refused == {"integer_out_of_range": 1, "nan_or_infinity": 1, "too_old": 1}
 
@@ -125,5 +125,5 @@ def test_malformed_items_are_judged_by_the_point_model():
     good = ["meter", {"site": "s", "gateway": "g", "device": "d"}, {"v": 1.0}, NOW]
     items = [good, good[:3], "junk", ["meter", {}, {}, "x"], ["meter", {}, {}, True], [1, {}, {"a": 1}, NOW], None, good]
     v = LineMaker(LIM).check_items("s", "g", items, NOW)
-    assert v.lines == [f"meter,device=d,gateway=g,site=s v=1.0 {NOW}"] * 2
+    assert v.text_lines == [f"meter,device=d,gateway=g,site=s v=1.0 {NOW}"] * 2
     assert v.refused == {"malformed_point": 6}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import urllib.parse
 import urllib.request
@@ -74,7 +75,7 @@ def test_awkward_names_and_strings_arrive_intact_in_influxdb1(influx, influx_db)
     assert verdict.refused == {"tag_unrepresentable": 5, "control_character_in_tag": 3}
 
     sink = Influx1Sink(Influx1Config(url=influx.url, database=influx_db))
-    res = asyncio.run(_write_close(sink, "\n".join(verdict.lines) + "\n", verdict.written))
+    res = asyncio.run(_write_close(sink, "\n".join(verdict.text_lines) + "\n", verdict.written))
     assert (res.written, res.refused) == (len(good), 0)
 
     rows = influx.rows("SELECT * FROM meter", influx_db)
@@ -119,7 +120,7 @@ def test_awkward_names_arrive_intact_in_victoriametrics_v2_write(victoria):
                         token="any-token", string_newlines="escape")
     verdict = LineMaker(Limits(), escape_newlines=True).check(_batch(good), time.time_ns())
     sink = Influx2Sink(cfg)
-    res = asyncio.run(_write_close(sink, "\n".join(verdict.lines) + "\n", verdict.written))
+    res = asyncio.run(_write_close(sink, "\n".join(verdict.text_lines) + "\n", verdict.written))
     assert res.written == len(good)
 
     def exported():
@@ -135,3 +136,40 @@ def test_awkward_names_arrive_intact_in_victoriametrics_v2_write(victoria):
         assert s["metric"]["building"] == "5幢, A=1"
     names = {s["metric"]["__name__"] for s in _vm_export(victoria.url, '{__name__=~".+"}')}
     assert names == {"meter_voltage", "meter_n", "meter_note"}  # nothing injected
+
+
+# Floats as the collector writes them (format_float: orjson's shortest text, which spells some
+# exponents otherwise than repr: 1e-7, 0.00001): every server must read back the very same float.
+FLOATS = [1e-7, 2.5e-5, 1e-5, 0.0001234, 1e16, 1.2345678901234567e19, 1e22, 5e-324, 1.7976931348623157e308,
+          -0.0, -3.936145966292681e-08, 220.1, 1000.001, 0.98]
+
+
+def _float_batch(now: int) -> Batch:
+    return _batch([Point("meter", {"site": "s1", "gateway": "g1", "device": f"f{i}"}, {"x": v, "n": i}, now + i)
+                   for i, v in enumerate(FLOATS)])
+
+
+def test_floats_read_back_exact_from_influxdb1(influx, influx_db):
+    now = time.time_ns() - 10**9
+    verdict = LineMaker(Limits()).check(_float_batch(now), time.time_ns())
+    assert "x=1e-7," in verdict.text_lines[0] and "x=0.000025," in verdict.text_lines[1]  # not repr's spelling
+    res = asyncio.run(_write_close(Influx1Sink(Influx1Config(url=influx.url, database=influx_db)),
+                                   "\n".join(verdict.text_lines) + "\n", verdict.written))
+    assert (res.written, res.refused) == (len(FLOATS), 0)
+    got = {r["n"]: float(r["x"]) for r in influx.rows("SELECT x, n FROM meter", influx_db)}  # its JSON may drop the exponent
+    assert got == dict(enumerate(FLOATS))
+
+
+def test_floats_read_back_exact_from_victoriametrics(victoria):
+    now = time.time_ns() - 10**9
+    verdict = LineMaker(Limits()).check(_float_batch(now), time.time_ns())
+    cfg = Influx2Config(type="influxdb2", url=victoria.url, org="district", bucket="poplar", token="t")
+    res = asyncio.run(_write_close(Influx2Sink(cfg), "\n".join(verdict.text_lines) + "\n", verdict.written))
+    assert res.written == len(FLOATS)
+    from tests.conftest import wait_for
+    series = wait_for(lambda: len(s := _vm_export(victoria.url, '{__name__="meter_x"}')) == len(FLOATS) and s,
+                      timeout=15, what="the floats in VM")
+    got = {int(s["metric"]["device"][1:]): s["values"][0] for s in series}
+    # VictoriaMetrics keeps about 12 significant digits (and no subnormals): the same value to that
+    for i, v in enumerate(FLOATS):
+        assert math.isclose(got[i], v, rel_tol=1e-11, abs_tol=1e-300), (v, got[i])

@@ -73,3 +73,27 @@ def test_missing_database_and_absent_server_are_sink_unavailable(influx):
 
     asyncio.run(go(Influx1Config(url=influx.url, database="no_such_db_here"), "init-db"))
     asyncio.run(go(Influx1Config(url=f"http://127.0.0.1:{free_port()}", database="x", timeout_s=2), "unreachable"))
+
+
+def test_writes_handed_over_together_go_out_one_after_another(influx, influx_db):
+    """The collector keeps two writes in flight; the sink sends the second the moment the first is
+    answered, never both at once (InfluxDB 1.x ingests no faster that way on a shared host)."""
+    cfg = Influx1Config(url=influx.url, database=influx_db)
+    t0 = time.time_ns() - 10**12
+
+    async def go():
+        s = Influx1Sink(cfg)
+        try:
+            await s.write(_lines(10, t0, device="warm"), 10)  # the database and the connection exist
+            start = time.monotonic()
+            a, b = await asyncio.gather(s.write(_lines(20_000, t0, device="a"), 20_000),
+                                        s.write(_lines(20_000, t0, device="b").encode(), 20_000))
+            return a, b, time.monotonic() - start
+        finally:
+            await s.close()
+
+    a, b, wall = asyncio.run(go())
+    assert (a.written, b.written) == (20_000, 20_000)
+    assert a.seconds > 0 and b.seconds > 0
+    assert a.seconds + b.seconds <= wall  # had they overlapped, their times would add up to more
+    assert influx.count("meter", influx_db, "v", where="WHERE device='b'") == 20_000

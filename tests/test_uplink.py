@@ -6,10 +6,15 @@ moving while a backlog drains."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
+import zlib
 
 import pytest
 
+from common import wire
+from common.mqtt import AsyncMqtt, MqttUrl
 from common.points import Point, Priority
 from edge.agent import Agent
 from edge.config import EdgeConfig
@@ -117,3 +122,40 @@ async def test_live_points_go_out_promptly_while_a_backlog_drains(tmp_path, cent
         stop.set()
         await task
         collector.stop()
+
+
+@pytest.mark.parametrize("version", [2, 1])
+async def test_the_edge_sends_its_configured_wire_version_and_influxdb_gets_the_rows(
+        version, tmp_path, central_broker, influx, influx_db, spawn):
+    """v2 by default; `uplink.wire_version: 1` for a central collector older than v2. Either way
+    the rows reach InfluxDB with their values and types."""
+    collector = _collector(tmp_path, central_broker, influx, influx_db, spawn)
+    seen: list[int] = []
+    spy = AsyncMqtt(MqttUrl.parse(central_broker.url), f"spy-{uuid.uuid4().hex[:6]}")
+    spy.on_messages(lambda msgs: seen.extend(json.loads(zlib.decompress(m.payload))["v"] for m in msgs))
+    assert await spy.start()
+    await spy.subscribe(wire.up_topic(SITE, GW))
+    uplink = {} if version == 2 else {"wire_version": 1}
+    agent = Agent(_edge_cfg(tmp_path, central_broker, batch_max_points=50, **uplink))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await _wait(lambda: agent.outbox._db is not None, 10, "the outbox to open")
+        now = time.time_ns()
+        tags = {"site": SITE, "gateway": GW, "building": "5幢"}
+        await agent.emit([Point("meter", {**tags, "device": f"{i % 3}号电表"},
+                                {"voltage": 220.25 + i, "seq": i, "ok": i % 2 == 0}, now + i) for i in range(200)]
+                         + [Point("gate_event", {**tags, "device": "东门"}, {"event": "通行", "n": 1}, now)])
+        await _wait(lambda: agent.outbox.rows == 0 and agent.uplink.in_flight == 0, 30, "every batch acked")
+        rows = influx.rows("SELECT voltage, seq, ok, device FROM meter", influx_db)
+        assert [(r["time"], r["voltage"], r["seq"], r["ok"], r["device"]) for r in rows] == \
+            [(now + i, 220.25 + i, i, i % 2 == 0, f"{i % 3}号电表") for i in range(200)]
+        assert influx.rows("SELECT event, n FROM gate_event", influx_db)[0] | {"time": 0} == \
+            {"time": 0, "event": "通行", "n": 1}
+        await _wait(lambda: len(seen) >= 5, 5, "the spy to see the batches")
+        assert set(seen) == {version}  # the clock probe too
+    finally:
+        stop.set()
+        await task
+        await spy.stop()
+        assert collector.stop() == 0, collector.output()[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -126,14 +125,9 @@ def run(config: ConfigOpt = None) -> None:
     cfg = load_config(config)
     setup_logging(cfg.log_level)
     cfg.state_path.mkdir(parents=True, exist_ok=True)
-    from collector.service import Collector
+    from collector.service import Collector, tune_gc
 
-    # Every batch decodes into thousands of short-lived dicts and lists: with the default
-    # threshold (700) the cyclic GC runs several times per batch and rescans the batch still in
-    # use. Collecting less often costs no memory worth noting here and saves 5-10 % of the
-    # CPU per point (bench/collector_write.py); freeze() leaves the start-up objects out of it.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    tune_gc()
     run_until_signal(lambda stop: Collector(cfg).run(stop))
 
 

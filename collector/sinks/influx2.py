@@ -2,8 +2,8 @@
 with `Authorization: Token ...`.
 
 influxdb-client's async API needs aiohttp (not a dependency), so the synchronous write API runs in
-a worker thread: the HTTP wait does not block the event loop, and the collector's own checker
-keeps formatting the next group meanwhile. The collector does its own batching and retries, so
+the sink's worker thread (`Sender`): the HTTP wait does not block the event loop, and the
+collector's own checker keeps formatting the next group meanwhile. The collector does its own batching and retries, so
 the client's batching and retry machinery is off (SYNCHRONOUS write, one call per group).
 """
 
@@ -17,7 +17,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from collector.config import Influx2Sink as Influx2Config
-from collector.sinks import SinkUnavailable, WriteResult
+from collector.sinks import Sender, SinkUnavailable, WriteResult, body_bytes
 
 _DROPPED = re.compile(r"dropped=(\d+)")
 
@@ -29,13 +29,14 @@ class Influx2Sink:
                                       timeout=int(cfg.timeout_s * 1000), enable_gzip=cfg.gzip,
                                       retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._sender = Sender("influx2-write")
 
     def _write_sync(self, body: bytes) -> None:
         self._write_api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=body, write_precision="ns")
 
-    async def write(self, lines: str, count: int) -> WriteResult:
+    async def write(self, lines: str | bytes, count: int) -> WriteResult:
         try:
-            await asyncio.to_thread(self._write_sync, lines.encode())
+            _, took = await self._sender.run(self._write_sync, body_bytes(lines))
         except ApiException as exc:
             text = (exc.body or exc.reason or "").strip() if isinstance(exc.body or "", str) else str(exc.body)
             status = exc.status or 0
@@ -57,7 +58,7 @@ class Influx2Sink:
         except Exception as exc:  # connection refused, timeout (urllib3 errors)
             raise SinkUnavailable(f"InfluxDB at {self.cfg.url} unreachable: {exc.__class__.__name__}: "
                                   f"{str(exc)[:200]}") from None
-        return WriteResult(count)
+        return WriteResult(count, seconds=took)
 
     async def ping(self) -> bool:
         try:
@@ -66,4 +67,4 @@ class Influx2Sink:
             return False
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._client.close)
+        await self._sender.close(self._client.close)
