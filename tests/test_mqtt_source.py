@@ -352,12 +352,20 @@ async def test_a_backlog_kept_by_the_broker_is_not_a_flood(tmp_path, mosquitto):
     await pub.stop()
 
 
-async def test_a_backlog_is_taken_as_fast_as_it_is_committed_not_all_into_memory(tmp_path):
+@pytest.fixture
+def unlimited_broker(tmp_path):
+    """A box broker that sends a client every queued message without waiting for acks."""
+    srv = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 0\n").start()
+    yield srv
+    srv.stop()
+
+
+async def test_a_backlog_is_taken_as_fast_as_it_is_committed_not_all_into_memory(tmp_path, unlimited_broker):
     """A box back after a day away has hundreds of thousands of events queued, and Mosquitto 2.0
     pushes its whole queue once the first acks arrive, whatever its max_inflight_messages (here:
     no limit at all): the source stops reading while it holds too many unacknowledged messages,
     and takes the rest as commits catch up. Nothing is lost."""
-    mosquitto = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 0\n").start()
+    mosquitto = unlimited_broker
     h = Harness(tmp_path, mosquitto.url, max_held=300)
     h.add("g1", "generic-facegate", "gate-1")
     await h.start()
@@ -384,7 +392,6 @@ async def test_a_backlog_is_taken_as_fast_as_it_is_committed_not_all_into_memory
     assert not h.source.mqtt.reading_paused
     await h.stop()
     await pub.stop()
-    mosquitto.stop()
 
 
 class _Analytics:
