@@ -161,8 +161,9 @@ class Collector:
                         self.cfg.sink.url)
         log.info("collector %s: subscribed to %s on %s, writing to %s", self.cfg.name, self.subscription,
                  self.mqtt.url, self.cfg.sink.url)
-        pipeline = [asyncio.create_task(self._checker(), name="collector-checker")] + [
-            asyncio.create_task(self._writer(), name=f"collector-writer-{i}") for i in range(self.cfg.write.max_in_flight)]
+        pipeline = [asyncio.create_task(self._checker(), name="collector-checker")]
+        pipeline += [asyncio.create_task(self._writer(), name=f"collector-writer-{i}")
+                     for i in range(self.cfg.write.max_in_flight)]
         side = [asyncio.create_task(self._health_loop(), name="collector-health"),
                 asyncio.create_task(self._status_loop(), name="collector-status")]
         await stop.wait()
@@ -220,11 +221,12 @@ class Collector:
                         group.items.append(item)
                         group.points += len(item.lines)
                     if (group.points >= limit_points or len(group.items) >= limit_batches
-                            or self._queue.empty() or (self._idle_writers and group.points >= early)):
+                            or self._queue.empty()
+                            or (self._idle_writers > self._groups.qsize() and group.points >= early)):
                         break  # full, nothing more to add, or a writer waits for work (module doc)
-                    # Let the writer run between batches: awaiting a non-empty queue never yields,
-                    # and without this the HTTP body of the group in flight would not be sent and
-                    # its answer not read until this group is done (no overlap with InfluxDB).
+                    # Let the writers run between batches: awaiting a non-empty queue never yields,
+                    # and without this a writer whose write was answered would neither ack it nor
+                    # take the next group until this group is done.
                     await asyncio.sleep(0)
                     msg = self._queue.get_nowait()
                 if group.items:

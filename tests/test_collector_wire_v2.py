@@ -116,7 +116,8 @@ def test_malformed_series_and_rows_are_counted_and_the_good_rows_around_them_wri
     maker = LineMaker(LIM)
     for _ in range(2):  # cold and warm caches
         v = maker.check_batch(wire.decode_batch_items(_v2(series, rows)), NOW)
-        assert v.text_lines == [f"{HEAD} v=1.5,n=2i {NOW}", f'{HEAD} v="nan",n=2i {NOW}', f"{HEAD} v=2.5,n=3i {NOW + 1}"]
+        assert v.text_lines == [f"{HEAD} v=1.5,n=2i {NOW}", f'{HEAD} v="nan",n=2i {NOW}',
+                                f"{HEAD} v=2.5,n=3i {NOW + 1}"]
         assert v.refused == {"malformed_point": 25, "unknown_measurement": 1, "tag_mismatch": 1, "no_fields": 1,
                              "too_many_fields": 1, "control_character_in_field_key": 1, "bad_tag": 1,
                              "bad_field": 5, "too_old": 1, "in_the_future": 1, "integer_out_of_range": 1}

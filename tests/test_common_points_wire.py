@@ -115,7 +115,8 @@ def test_row_item_is_the_v1_point_a_row_stands_for_or_none():
     series = [["meter", {"device": "d"}, ["a", "b"]], "junk", ["meter", {}], ["meter", {}, ["a", "a"]],
               ["meter", {}, ["a", 1]], ["meter", {}, "ab"], ["meter", {}, [["a"], "b"]]]
     assert wire.row_item(series, [0, 10, 1.5, None]) == ["meter", {"device": "d"}, {"a": 1.5, "b": None}, 10]
-    assert wire.row_item(series, [0, "x", 1, 2]) == ["meter", {"device": "d"}, {"a": 1, "b": 2}, "x"]  # the point checks judge the time
+    # the point checks judge the time
+    assert wire.row_item(series, [0, "x", 1, 2]) == ["meter", {"device": "d"}, {"a": 1, "b": 2}, "x"]
     assert wire.row_item(series, [4, 10, 1, 2]) == ["meter", {}, {"a": 1, 1: 2}, 10]  # and the keys (bad_field)
     for row in ([0, 10, 1.5], [0, 10, 1, 2, 3], [7, 10, 1, 2], [-1, 10, 1, 2], [True, 10, 1, 2], [0.0, 10, 1, 2],
                 ["0", 10, 1, 2], [0], [], "row", None, {"0": 1}, [1, 10], [2, 10], [3, 10, 1, 2], [5, 10, 1, 2],

@@ -156,7 +156,8 @@ def test_floats_read_back_exact_from_influxdb1(influx, influx_db):
     res = asyncio.run(_write_close(Influx1Sink(Influx1Config(url=influx.url, database=influx_db)),
                                    "\n".join(verdict.text_lines) + "\n", verdict.written))
     assert (res.written, res.refused) == (len(FLOATS), 0)
-    got = {r["n"]: float(r["x"]) for r in influx.rows("SELECT x, n FROM meter", influx_db)}  # its JSON may drop the exponent
+    # float(): InfluxDB's JSON may write a large float without its exponent
+    got = {r["n"]: float(r["x"]) for r in influx.rows("SELECT x, n FROM meter", influx_db)}
     assert got == dict(enumerate(FLOATS))
 
 
