@@ -5,7 +5,8 @@ Isolates the CPU the edge spends per message on mapping (profile interpretation,
 privacy, tags, stable times) and on serialising the points for the outbox, so it can be
 profiled (py-spy, cProfile) without paho, Mosquitto or SQLite in the picture.
 
-Run: python bench/mqtt_map.py [--dialect D] [--messages N] [--cprofile]
+Run: python bench/mqtt_map.py [--dialect D] [--messages N] [--cprofile] [--reference]
+(D: hikvision-isapi, dahua-vto2mqtt, generic-facegate, gbt24476-elevator)
 Last line: BENCH mqtt_map dialect=... mapper=... messages=... us_per_message=... us_map=... us_wire=...
 """
 
@@ -34,12 +35,22 @@ from simulators import payloads as pl  # noqa: E402
 
 
 def messages(dialect: str, n: int, gates: int, seed: int = 0) -> list[paho.MQTTMessage]:
+    """N simulator messages of DIALECT from GATES devices (gate-1...), 37 ms apart. Elevators:
+    mostly status, some faults and keep-alives, each car moving between messages."""
     rng = random.Random(seed)
     t = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
+    cars = {f"gate-{g}": pl.ElevatorModel(seed=g) for g in range(1, gates + 1)} \
+        if dialect == pl.ELEVATOR_DIALECT else {}
     out = []
     for i in range(n):
-        topic, payload = pl.facegate_message(dialect, f"gate-{rng.randint(1, gates)}", rng,
-                                             t + timedelta(milliseconds=37 * i))
+        dev, when = f"gate-{rng.randint(1, gates)}", t + timedelta(milliseconds=37 * i)
+        if dialect == pl.ELEVATOR_DIALECT:
+            car, kind = cars[dev], rng.random()
+            car.step(rng.uniform(0.5, 5))
+            topic, payload = pl.elevator_status(dev, car, when) if kind < 0.9 else \
+                pl.elevator_fault(dev, rng, when, car) if kind < 0.95 else pl.elevator_heartbeat(dev, rng, when, i)
+        else:
+            topic, payload = pl.facegate_message(dialect, dev, rng, when)
         m = paho.MQTTMessage(mid=i % 65535 + 1, topic=topic.encode())
         m.payload, m.qos = payload, 1
         out.append(m)
@@ -48,18 +59,20 @@ def messages(dialect: str, n: int, gates: int, seed: int = 0) -> list[paho.MQTTM
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dialect", default="hikvision-isapi")
+    ap.add_argument("--dialect", default="hikvision-isapi",
+                    choices=[*pl.FACEGATE_DIALECTS, pl.ELEVATOR_DIALECT])
     ap.add_argument("--messages", type=int, default=20_000)
     ap.add_argument("--gates", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cprofile", action="store_true", help="print the top functions by own time")
     ap.add_argument("--reference", action="store_true",
-                    help="map with the frozen pre-compilation mapper (tests/mqtt_reference_mapper.py), to compare")
+                    help="map with the frozen mapper before code generation (tests/mqtt_reference_mapper.py)")
     a = ap.parse_args()
     if a.reference:
         from edge.mqtt import source
         from tests import mqtt_reference_mapper as ref
         source.map_message, source.device_id_of, source.match_topic = ref.map_message, ref.device_id_of, ref.match_topic
+        source.MapError = ref.MapError  # type: ignore[misc]  # what the source catches
     with tempfile.TemporaryDirectory(prefix="bench-map-") as tmp:
         cfg = EdgeConfig(site="bench", gateway="gw-01", state_dir=str(Path(tmp) / "state"),
                          local_broker=BrokerConfig(url="mqtt://127.0.0.1:1"),

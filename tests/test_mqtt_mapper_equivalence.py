@@ -13,7 +13,9 @@ synthetic profile that uses every profile feature the shipped ones leave out.
 
 from __future__ import annotations
 
+import ast
 import base64
+import copy
 import functools
 import gzip
 import json
@@ -168,8 +170,9 @@ POOLS = {n: Pools(p) for n, p in SHIPPED.items()}
 
 ODD_TEXT = ["", " ", "0", "00", "04", " 4 ", "+5", "-0", "4.0", "1e3", "NaN", "nan", "inf", "-Infinity",
             "true", "false", "True", "yes", "no", "on", "off", "null", "None", "\u0664", "1_000", "0x10",
-            "5/75", "a,b", "fire,,anti, ", "x" * 200, "\u95e8\u7981", "\ud800", "\x00", "'\"\\"]
-ODD_NUMBERS = [0, 1, -1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**19, 10**25,
+            "5/75", "a,b", "fire,,anti, ", "x" * 200, "\u00b2", "007", "123456789012345", "9007199254740993",
+            "12345678901234567", "\u95e8\u7981", "\ud800", "\x00", "'\"\\"]
+ODD_NUMBERS = [0, 1, -1, 2, 3, 7, 10, 12, 75, 1000, 1024, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**19, 10**25,
                123456789012345678901, -(10**21), 0.0, -0.0, 0.5, 1.5, 1e-300, 1e19, 9.3e18, -1e300,
                math.nan, math.inf, -math.inf, True, False]
 _JPEG64 = base64.b64encode(pl.TINY_JPEG).decode()
@@ -238,6 +241,7 @@ def _existing(doc: object, prefix: tuple = ()) -> list[tuple]:
 
 
 def _set(doc: dict, parts: tuple, value: object) -> None:
+    value = copy.deepcopy(value)  # values from constant pools: later surgery must not change them
     cur: object = doc
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -500,7 +504,8 @@ messages:
         person: true
         when: [{ref: hdr.kind, in: [ev, evx, 5]}]
         tags:
-          - {name: cat, ref: [hdr.a, hdr.b], enum: {"1/2": one_two, "2/04": two_four, "a/b": letters, "": empty_key}, default: other}
+          - {name: cat, ref: [hdr.a, hdr.b], enum: {"1/2": one_two, "2/04": two_four, "a/b": letters, "": empty_key,
+                                                   "1/123456789012345678901": huge}, default: other}
           - {name: cat, value: const_cat}
           - {name: flag, ref: hdr.flag, type: bool}
           - {name: mode, ref: hdr.mode, enum: {1: "1", 2: "x", 3: "true"}, type: int}
@@ -524,12 +529,20 @@ messages:
           - {name: dup, ref: v.d1, type: int}
           - {name: dup, ref: v.d2, type: str}
           - {name: dup, value: 3}
+          - {name: dup2, ref: v.zz, default: .nan}
+          - {name: dup2, value: 5}
+          # paths only one mapping reads: no other rule decides for them
+          - {name: e5, ref: v.e5, enum: {"": empty, 1: one}}
+          - {name: odd_keys, ref: v.ok, enum: {"1000": c, "7": d, "0": g, "1_000": a, "000000000000000000007": b,
+                                               "123456789012345678901": e, "-0": f, " 12 ": h}}
+          - {name: only_enum, ref: v.oe, enum: {"123456789012345678901": big, 5: five}}
           - {name: c_float, value: 1.5}
           - {name: c_nan, value: .nan}
           - {name: c_bool, value: true}
           - {name: inf_def, ref: v.zz, default: .inf}
           - {name: str_def, ref: v.zz, type: int, default: "n/a"}
           - {name: big, ref: v.big, type: int, scale: 1.0e300}
+          - {name: big_f, ref: v.big, type: float, scale: 1.0e300}
           - {name: ign_enum, ref: v.ie, enum: {0: zero, 1: one}, ignore: [0, "none"]}
           - {name: ign_int, ref: v.ie, type: int, ignore: ["1"]}
           - {name: only_a, ref: v.i, type: int, if_option: opt_a}
@@ -588,7 +601,7 @@ SINK_DOCS = [
      "t": {"local": "2024-03-01 17:00:00"}, "who": {"id": "p1", "alt": 5, "name": "n"},
      "pic": base64.b64encode(pl.TINY_JPEG).decode(),
      "v": {"i": 5, "s": 3, "auto": 1.5, "str": "abcdef", "b": "yes", "e": 3, "e3": "a", "e4": "b", "d1": "7",
-           "d2": "q", "big": 10, "ie": 1, "rs": "xyz"},
+           "d2": "q", "big": 10, "ie": 1, "rs": "xyz", "e5": 1, "ok": 7, "oe": 5},
      "arr": [1, 2, {"k": "v"}], "items": "fire;smoke;;1; x ", "words": ["fire", 3, {"a": 1}, None],
      "objs": [{"kind": "fire", "on": True, "n": 3, "sub": ["q"]}, {"kind": "x", "on": "true", "n": "4"}, 7]},
     {"hdr": {"kind": "evx", "a": "2", "b": "04", "flag": 0, "mode": "3"}, "dev": {"ids": ["x", 12]},
@@ -631,7 +644,8 @@ def test_kitchen_sink_examples_reach_the_features():
 # --- sweeps: every path a profile reads, with every odd value --------------------------------------
 
 ODD_VALUES = ODD_NUMBERS + ODD_TEXT + PERSON_IDS + SNAPSHOTS + [
-    [], {}, [1, "a"], {"a": 1}, [{"n": 1, "on": True, "kind": "fire"}], "fire;x;1", "fire,anti,x"]
+    [], {}, [1, "a"], {"a": 1}, [{"n": 1, "on": True, "kind": "fire"}], "fire;x;1", "fire,anti,x",
+    [2**64], {"t": 10**20, "u": 1.5}, [[10**25]], "1_000", "000000000000000000007", "123456789012345678901"]
 #: Where `auto` switches between s, ms, us and ns, and the edges of the sane window.
 BOUNDARY_TIMES = [10**11 - 1, 10**11, 1e11, "100000000000", 10**14 - 1, 10**14, 1e14, 10**17 - 1, 10**17,
                   1e17, 946684799, 946684800, 946684800000, (NOW + 86400 * 10**9) // 10**9,
@@ -663,7 +677,24 @@ def test_every_read_path_with_odd_values_maps_as_the_reference(profile, pools, b
                 _set(doc, path, value)
                 for kw in KW_ROTATION:
                     assert_same(profile, topic, json.dumps(doc).encode(), **kw)
+        for path in pools.person_paths:  # each person id on its own: the later ones count too
+            for value in ODD_VALUES:
+                doc = json.loads(json.dumps(base))
+                for other in pools.person_paths:
+                    _set(doc, other, None)
+                _set(doc, path, value)
+                assert_same(profile, topic, json.dumps(doc).encode(), **KW_ROTATION[n % 3])
+                n += 1
     assert n > 1000
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_payloads_that_are_not_objects_fail_as_in_the_reference(name):
+    profile = SHIPPED[name]
+    topic = profile.messages[0].topics[0].replace("{id}", "g").replace("{Code}", "AccessControl")
+    for value in ODD_VALUES:
+        if not isinstance(value, dict):
+            assert_same(profile, topic, json.dumps(value).encode(), privacy=PRIVACIES[0], now_ns=NOW)
 
 
 # --- profile text is data, never code -----------------------------------------------------------------
@@ -735,3 +766,35 @@ def test_profile_text_never_runs_as_code():
             mapped += got[0] == "mapped"
     assert CANARY not in os.environ
     assert mapped > 500  # the evil strings were mapped as data, not only refused
+    for i in range(len(EVIL)):
+        _assert_only_generated_code(NEW._route(evil, f"evil/g/{i}").map)  # type: ignore[union-attr]
+
+
+_NAMES = re.compile(r"^((v|x|k|c|h|it|on)\d+|_k\d+|caps\d*|d|options|opts|privacy|now_ns|window|w|dev|ex|lo|hi|ts|"
+                    r"s|person|pts|t|f|rf|x|n|ty|M|join|key_of|canon_str|value|put|put_tag|keep|timestamp|"
+                    r"device_id|device_ids|person_of|snapshot|items|Point|Mapped|MapError|type|str|int|bool|"
+                    r"dict|list|len|float|map_message|read)$")
+_ATTRIBUTES = {"get", "strip", "pseudonym", "startswith", "isdigit", "isascii", "update", "extend", "append"}
+
+
+def _assert_only_generated_code(fn) -> None:
+    """Every name and attribute in FN's source is one the generator makes up or binds, and the
+    namespace offers no way out (no __import__, eval, open): profile text is only in literals."""
+    assert set(fn.__globals__["__builtins__"]) <= {"type", "str", "int", "bool", "dict", "list", "len", "float"}
+    for node in ast.walk(ast.parse(fn.__source__)):
+        if isinstance(node, ast.Name):
+            assert _NAMES.match(node.id), node.id
+        elif isinstance(node, ast.Attribute):
+            assert node.attr in _ATTRIBUTES, node.attr
+        elif isinstance(node, (ast.Import, ast.ImportFrom, ast.Lambda, ast.ClassDef, ast.Global)):
+            raise AssertionError(ast.dump(node))
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_generated_code_holds_only_its_own_names(name):
+    profile = SHIPPED[name]
+    for m in profile.messages:
+        for topic in m.topics:
+            route = NEW._route(profile, topic.replace("{id}", "g").replace("{Code}", "AccessControl"))
+            _assert_only_generated_code(route.map)  # type: ignore[union-attr]
+    _assert_only_generated_code(NEW._route(SINK, "ks/s1/g/ev").map)  # type: ignore[union-attr]

@@ -4,12 +4,16 @@ Every failure is a MapError with a short machine `reason` the caller counts and 
 else escapes (tested with hypothesis). Only what a profile maps becomes a field or tag: the
 mapper is a whitelist, so unknown payload keys (names, pictures, vendor extras) are ignored.
 
-Speed (the box ingests 20k+ events/s): a profile is compiled once (`_compiled`) into getters
-for its paths, enum tables whose values are already coerced, condition tests with their canonical
-values, and a cache of topic matches. Within one message every value is read at most once (a
-slot per distinct ref list), however many fields and conditions read it. The behaviour is that
-of the plain interpreter this replaced, kept as tests/mqtt_reference_mapper.py and compared by
-property tests (tests/test_mqtt_mapper_equivalence.py).
+The rules are written once, here: how a raw value becomes a field (`_value_of`: ignore, enum,
+type coercion, scale, defaults, required), times (`_timestamp`), device ids, person ids,
+snapshots, exploded lists, decoding. Speed (the box ingests 20k events/s in one process): a
+profile is compiled once (`_compiled`), and for each topic pattern (`_Route`) edge/mqtt/codegen.py
+writes one Python function that tests the signature, recognises the message and maps it: it
+reads every payload path once, looks enum tables up by precomputed canonical keys, tests
+conditions and device options inline and stores the common value types directly, calling the
+rules here for anything else. The behaviour is that of the interpreter this replaced, kept as
+tests/mqtt_reference_mapper.py and compared by property tests
+(tests/test_mqtt_mapper_equivalence.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -29,7 +33,8 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from common.points import FieldValue, Point, keep_field, priority_of
-from edge.mqtt.profile import Cond, FieldMap, MessageSpec, MqttProfile, PointSpec, TimeSource, canon
+from edge.mqtt import codegen
+from edge.mqtt.profile import Explode, FieldMap, MessageSpec, MqttProfile, TimeSource, canon
 from edge.privacy import Privacy
 
 MIN_TIME_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z: earlier means an unset device clock
@@ -37,18 +42,17 @@ MAX_AHEAD_NS = 86_400 * 10**9  # a day ahead of the gateway's clock is a wrong d
 MAX_DEVICE_ID = 64
 MAX_SNAPSHOT = 2 * 1024 * 1024
 _MISSING = object()
-_UNSET = object()  # a slot not read yet in this message
-_PATH = re.compile(r"[^.\[\]]+|\[\d+\]")
+_UNSET = object()
 _DEVICE_ID = re.compile(r"^[\w.:\-]{1,64}$")
 _NUMERIC_TIME = re.compile(r"\s*[+-]?\d+(\.\d+)?\s*")
 _FRACTION = re.compile(r"[.,](\d{7,9})(?=(Z|[+-]\d\d:?\d\d)?$)")
 #: orjson turns integers beyond 64 bits into floats (json keeps them exact); such a float is at
-#: least 2**63 in magnitude, so a document holding one is parsed again by json.
+#: least 2**63 in magnitude (see _Inexact).
 _BIG = 9.2e18
 _TOPIC_CACHE = 20_000
 _TIME_CACHE = 4096
+_ID_CACHE = 20_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 
 
 class MapError(ValueError):
@@ -103,25 +107,41 @@ def _scan_topic(profile: MqttProfile, topic: str) -> list[tuple[MessageSpec, dic
     return out
 
 
-def _topic_matches(profile: MqttProfile, topic: str) -> list[tuple["_CMessage", dict[str, str]]]:
-    """The messages of PROFILE whose topics match, each with its captured segments. Cached per
-    topic (a compound has a few hundred device topics); the caps dicts are shared: read only."""
+class _Route:
+    """Where a topic leads in a profile: the messages whose topics match (in profile order), each
+    with its captured segments, and the generated function that maps a payload as the first
+    whose match holds."""
+
+    __slots__ = ("candidates", "caps", "map")
+
+    def __init__(self, cp: "_CProfile", found: list[tuple[MessageSpec, dict[str, str]]]) -> None:
+        groups: list[dict[str, str]] = []  # equal captures, one dict: the values are read once
+        shape = []
+        self.candidates: list[tuple[_CMessage, dict[str, str]]] = []
+        for m, caps in found:
+            g = next((i for i, c in enumerate(groups) if c == caps), None)
+            if g is None:
+                g = len(groups)
+                groups.append(caps)
+            shape.append((m.name, g))
+            self.candidates.append((cp.messages[m.name], groups[g]))
+        self.caps = tuple(groups)
+        #: map(payload, caps, options, privacy, now_ns, window) -> Mapped (codegen.route)
+        self.map = cp.route_map(tuple(shape))
+
+
+def _route(profile: MqttProfile, topic: str) -> _Route | None:
+    """The route of TOPIC in PROFILE, None if no message reads it. Cached per topic (a compound
+    has a few hundred device topics); the caps dicts are shared: read only."""
     cp = _compiled(profile)
     hit = cp.topics.get(topic)
     if hit is None:
         found = _scan_topic(profile, topic)
-        shared: list[dict[str, str]] = []  # equal captures, one dict: one set of slots
-        hit = []
-        for m, caps in found:
-            same = next((c for c in shared if c == caps), None)
-            if same is None:
-                shared.append(caps)
-                same = caps
-            hit.append((cp.messages[m.name], same))
+        hit = _Route(cp, found) if found else False
         if len(cp.topics) >= _TOPIC_CACHE:
             cp.topics.clear()
         cp.topics[topic] = hit
-    return hit
+    return hit or None
 
 
 def match_topic(profile: MqttProfile, topic: str) -> dict | None:
@@ -129,127 +149,14 @@ def match_topic(profile: MqttProfile, topic: str) -> dict | None:
 
     Several messages may share a topic (recognised by payload); this returns the first.
     """
-    found = _topic_matches(profile, topic)
-    if not found:
+    route = _route(profile, topic)
+    if route is None:
         return None
-    m, caps = found[0]
+    m, caps = route.candidates[0]
     return {"message": m.spec.name, "kind": m.spec.kind, "captures": dict(caps)}
 
 
-# --- payload access ---------------------------------------------------------------------------
-
-@lru_cache(maxsize=4096)
-def _path(path: str) -> tuple[str | int, ...]:
-    """'a.b[0].c' -> ('a', 'b', 0, 'c'), parsed once per profile path."""
-    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in _PATH.findall(path))
-
-
-Getter = Callable[[object], object]
-RefFn = Callable[[object, dict, object], object]  # (payload, captures, item) -> value
-
-
-def _path_getter(parts: tuple[str | int, ...]) -> Getter:
-    """A function reading PARTS from a decoded payload, _MISSING where the path does not exist."""
-    if len(parts) == 1 and type(parts[0]) is str:
-        k = parts[0]
-
-        def get1(cur: object) -> object:
-            return cur.get(k, _MISSING) if isinstance(cur, dict) else _MISSING
-        return get1
-    if len(parts) == 2 and type(parts[0]) is str and type(parts[1]) is str:
-        k1, k2 = parts
-
-        def get2(cur: object) -> object:
-            if isinstance(cur, dict):
-                cur = cur.get(k1, _MISSING)
-                if isinstance(cur, dict):
-                    return cur.get(k2, _MISSING)
-            return _MISSING
-        return get2
-
-    def getn(cur: object) -> object:
-        for part in parts:
-            if type(part) is int:
-                if not isinstance(cur, list) or part >= len(cur):  # type: ignore[operator]
-                    return _MISSING
-                cur = cur[part]
-            elif isinstance(cur, dict):
-                cur = cur.get(part, _MISSING)
-                if cur is _MISSING:
-                    return _MISSING
-            else:
-                return _MISSING
-        return cur
-    return getn
-
-
-def _payload_fn(parts: tuple[str | int, ...]) -> RefFn:
-    """As _path_getter, but called as a ref function (payload, captures, item): one call less
-    for the common paths of one or two keys."""
-    if len(parts) == 1 and type(parts[0]) is str:
-        k = parts[0]
-
-        def ref1(d: object, c: dict, i: object) -> object:
-            return d.get(k, _MISSING) if isinstance(d, dict) else _MISSING
-        return ref1
-    if len(parts) == 2 and type(parts[0]) is str and type(parts[1]) is str:
-        k1, k2 = parts
-
-        def ref2(d: object, c: dict, i: object) -> object:
-            if isinstance(d, dict):
-                d = d.get(k1, _MISSING)
-                if isinstance(d, dict):
-                    return d.get(k2, _MISSING)
-            return _MISSING
-        return ref2
-    g = _path_getter(parts)
-    return lambda d, c, i: g(d)
-
-
-_REF_FNS: dict[str, RefFn] = {}
-
-
-def _ref_fn(ref: str) -> RefFn:
-    """The compiled reader of one ref (payload path, @topic.NAME, @item, @item.path)."""
-    fn = _REF_FNS.get(ref)
-    if fn is not None:
-        return fn
-    if ref[0] != "@":
-        fn = _payload_fn(_path(ref))
-    elif ref.startswith("@topic."):
-        name = ref[7:]
-        fn = lambda d, c, i: c.get(name, _MISSING)  # noqa: E731
-    elif ref == "@item":
-        fn = lambda d, c, i: i  # noqa: E731
-    elif ref.startswith("@item."):
-        gi = _path_getter(_path(ref[6:]))
-        fn = lambda d, c, i: _MISSING if i is _MISSING else gi(i)  # noqa: E731
-    else:
-        fn = _payload_fn(_path(ref))
-    if len(_REF_FNS) >= 20_000:
-        _REF_FNS.clear()
-    _REF_FNS[ref] = fn
-    return fn
-
-
-def _key_fn(refs: list[str]) -> RefFn:
-    """One ref's value, or several joined by "/" (missing if any part is missing, null, or an
-    object or list)."""
-    if len(refs) == 1:
-        return _ref_fn(refs[0])
-    fns = tuple(_ref_fn(r) for r in refs)
-
-    def key(d: object, c: dict, i: object) -> object:
-        vals = [f(d, c, i) for f in fns]
-        for v in vals:
-            if v is _MISSING or v is None:
-                return _MISSING
-        for v in vals:
-            if isinstance(v, (dict, list)):
-                return _MISSING
-        return "/".join([canon(v) for v in vals])
-    return key
-
+# --- the rules ----------------------------------------------------------------------------------
 
 _CANON_SETS: dict[int, tuple[list, frozenset[str]]] = {}
 
@@ -264,112 +171,19 @@ def _canon_set(values: list) -> frozenset[str]:
     return hit[1]
 
 
-class _Ctx:
-    """One message (or one exploded item) being mapped: the payload, the topic captures, the
-    current item, and the values read so far (one slot per distinct ref list of the message)."""
-
-    __slots__ = ("payload", "caps", "item", "vals", "fns")
-
-    def __init__(self, payload: object, caps: dict[str, str], item: object = _MISSING,
-                 fns: tuple[RefFn, ...] = ()) -> None:
-        self.payload = payload
-        self.caps = caps
-        self.item = item
-        self.fns = fns
-        self.vals = [_UNSET] * len(fns)
-
-    def ref(self, ref: str) -> object:
-        return _ref_fn(ref)(self.payload, self.caps, self.item)
-
-    def key(self, refs: list[str]) -> object:
-        return _key_fn(refs)(self.payload, self.caps, self.item)
-
-
-# --- the compiled profile -----------------------------------------------------------------------
-
-class _Slots:
-    """Assigns one slot per distinct ref list of a message."""
-
-    def __init__(self) -> None:
-        self.index: dict[tuple[str, ...], int] = {}
-        self.fns: list[RefFn] = []
-
-    def of(self, refs: list[str]) -> int:
-        key = tuple(refs)
-        s = self.index.get(key)
-        if s is None:
-            s = self.index[key] = len(self.fns)
-            self.fns.append(_key_fn(refs))
-        return s
-
-
-# condition kinds
-_C_EXISTS, _C_EQ, _C_IN, _C_NOT_IN, _C_PREFIX = range(5)
-
-
-class _CCond:
-    __slots__ = ("slot", "kind", "arg", "absent")
-
-    def __init__(self, cond: Cond, slots: _Slots) -> None:
-        self.slot = slots.of(cond.refs)
-        self.absent = cond.not_in is not None  # the result when the value is absent or not a scalar
-        if cond.exists is not None:
-            self.kind, self.arg = _C_EXISTS, cond.exists
-        elif cond.equals is not None:
-            self.kind, self.arg = _C_EQ, canon(cond.equals)
-        elif cond.in_ is not None:
-            self.kind, self.arg = _C_IN, _canon_set(cond.in_)
-        elif cond.not_in is not None:
-            self.kind, self.arg = _C_NOT_IN, _canon_set(cond.not_in)
-        else:
-            self.kind, self.arg = _C_PREFIX, cond.prefix or ""
-
-
-def _holds(cc: _CCond, ctx: _Ctx) -> bool:
-    v = ctx.vals[cc.slot]
-    if v is _UNSET:
-        v = ctx.vals[cc.slot] = ctx.fns[cc.slot](ctx.payload, ctx.caps, ctx.item)
-    kind = cc.kind
-    if kind == _C_EXISTS:
-        return (v is not _MISSING and v is not None) == cc.arg
-    if v is _MISSING or v is None or isinstance(v, (dict, list)):
-        return cc.absent
-    c = canon(v)
-    if kind == _C_EQ:
-        return c == cc.arg
-    if kind == _C_IN:
-        return c in cc.arg
-    if kind == _C_NOT_IN:
-        return c not in cc.arg
-    return c.startswith(cc.arg)
-
-
-def _all_hold(conds: list[_CCond], ctx: _Ctx) -> bool:
-    for c in conds:
-        if not _holds(c, ctx):
-            return False
-    return True
-
-
-# fast coercions of a raw payload value, when the field has no scale or offset
-_F_NONE, _F_INT, _F_FLOAT, _F_STR, _F_AUTO = range(5)
-
-
 class _CField:
-    __slots__ = ("fm", "name", "const", "slot", "ignore", "enum", "default", "required", "fast",
-                 "max_len", "if_option", "unless_option")
+    """A field or tag mapping as the rules use it: its enum table with the values already
+    coerced (they are constants), its ignore list in canonical form."""
 
-    def __init__(self, fm: FieldMap, slots: _Slots) -> None:
+    __slots__ = ("fm", "name", "ignore", "enum", "default", "required")
+
+    def __init__(self, fm: FieldMap) -> None:
         self.fm = fm
         self.name = fm.name
-        self.const = fm.value
-        self.slot = slots.of(fm.refs) if fm.value is None else -1
         self.ignore = _canon_set(fm.ignore) if fm.ignore else None
         self.default = fm.default
         self.required = fm.required
-        self.max_len = fm.max_len
-        self.if_option, self.unless_option = fm.if_option, fm.unless_option
-        # Enum values are constants: coerce them now. (1, value) or (0, the error to report).
+        # (1, value) or (0, the error to report)
         self.enum: dict[str, tuple[int, object]] | None = None
         if fm.enum is not None:
             self.enum = {}
@@ -378,134 +192,39 @@ class _CField:
                     self.enum[k] = (1, _coerce(fm, v))
                 except (TypeError, ValueError, OverflowError) as exc:
                     self.enum[k] = (0, exc)
-        plain = fm.scale is None and not fm.offset
-        self.fast = _F_NONE if not plain else {
-            "int": _F_INT, "float": _F_FLOAT, "str": _F_STR, None: _F_AUTO}.get(fm.type, _F_NONE)
-
-    def enabled(self, options: Mapping[str, object]) -> bool:
-        if self.if_option is not None and not options.get(self.if_option):
-            return False
-        if self.unless_option is not None and options.get(self.unless_option):
-            return False
-        return True
 
 
-class _CPoint:
-    def __init__(self, spec: PointSpec, slots: _Slots) -> None:
-        self.spec = spec
-        self.measurement = spec.measurement
-        self.priority = priority_of(spec.measurement)
-        self.when = [_CCond(c, slots) for c in spec.when]
-        self.tags = [_CField(t, slots) for t in spec.tags]
-        self.fields = [_CField(f, slots) for f in spec.fields]
-        # Which fields and tags a device's options enable: options differ per device only by
-        # these flags, so the enabled lists are made once per combination.
-        self.option_names = sorted({o for f in self.tags + self.fields
-                                    for o in (f.if_option, f.unless_option) if o is not None})
-        self._enabled: dict[tuple[bool, ...], tuple[list[_CField], list[_CField]]] = {}
-
-    def enabled(self, options: Mapping[str, object]) -> tuple[list[_CField], list[_CField]]:
-        if not self.option_names:
-            return self.tags, self.fields
-        flags = tuple(bool(options.get(o)) for o in self.option_names)
-        hit = self._enabled.get(flags)
-        if hit is None:
-            hit = self._enabled[flags] = ([t for t in self.tags if t.enabled(options)],
-                                          [f for f in self.fields if f.enabled(options)])
-        return hit
+_CFIELDS: dict[int, tuple[FieldMap, _CField]] = {}
 
 
-class _CMessage:
-    def __init__(self, m: MessageSpec, slots: _Slots) -> None:
-        self.spec = m
-        self.match = [_CCond(c, slots) for c in m.match]
-        self.points = [_CPoint(p, slots) for p in m.points]
-        self.time_cache: list[dict[str, int]] = [{} for _ in m.time]
-
-
-class _CProfile:
-    def __init__(self, profile: MqttProfile) -> None:
-        self.profile = profile
-        # One slot table for the whole profile: a slot's value depends only on the payload, the
-        # topic captures and the item, so the candidate messages of a topic (which share their
-        # captures, see _topic_matches) read eventType and the like once, not once each.
-        slots = _Slots()
-        self.signature = [_CCond(c, slots) for c in profile.signature]
-        self.messages = {m.name: _CMessage(m, slots) for m in profile.messages}
-        self.fns = tuple(slots.fns)
-        self.topics: dict[str, list[tuple[_CMessage, dict[str, str]]]] = {}
-
-
-_COMPILED: dict[int, tuple[MqttProfile, _CProfile]] = {}
-
-
-def _compiled(profile: MqttProfile) -> _CProfile:
-    """The compiled form of PROFILE, made once. Keyed by identity; the entry keeps the profile
-    alive, so an id is never reused for another profile (profiles are frozen)."""
-    hit = _COMPILED.get(id(profile))
-    if hit is None or hit[0] is not profile:
-        if len(_COMPILED) >= 256:  # profiles reloaded over and over: start afresh
-            _COMPILED.clear()
-        hit = _COMPILED[id(profile)] = (profile, _CProfile(profile))
+def _cfield(fm: FieldMap) -> _CField:
+    """The _CField of FM, made once (keyed by identity; the entry keeps FM alive)."""
+    hit = _CFIELDS.get(id(fm))
+    if hit is None or hit[0] is not fm:
+        if len(_CFIELDS) >= 100_000:
+            _CFIELDS.clear()
+        hit = _CFIELDS[id(fm)] = (fm, _CField(fm))
     return hit[1]
 
 
-# --- decoding -----------------------------------------------------------------------------------
-
-def _decode(profile: MqttProfile, payload: bytes, max_bytes: int) -> object:
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise MapError("wrong_type", "payload must be bytes")
-    payload = bytes(payload)
-    if len(payload) > max_bytes:
-        raise MapError("too_large", f"{len(payload)} bytes > {max_bytes}")
-    if profile.gzip and payload[:2] == b"\x1f\x8b":
-        d = zlib.decompressobj(wbits=31)
-        try:
-            payload = d.decompress(payload, max_bytes + 1)
-        except zlib.error:
-            raise MapError("malformed_json", "bad gzip data") from None
-        if len(payload) > max_bytes or d.unconsumed_tail:
-            raise MapError("too_large", f"decompressed payload > {max_bytes} bytes")
-    # orjson reads valid UTF-8 JSON exactly as json does, ~5x faster. Whatever it refuses (a BOM,
-    # bad UTF-8, NaN, lone surrogates, 1e400, deep nesting) goes to json, which decides and words
-    # the error as it always did.
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        pass
-    else:
-        if not _has_big_float(doc):
-            return doc
-    try:
-        text = payload.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise MapError("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise MapError("malformed_json", "nested too deeply") from None
-    except ValueError as exc:
-        raise MapError("malformed_json", str(exc)[:120]) from None
+def _key_of(raw: object) -> str | None:
+    """The canonical form of a value for enum tables and conditions; None when it is absent or
+    an object or list (no code)."""
+    if raw is _MISSING or raw is None or isinstance(raw, (dict, list)):
+        return None
+    return canon(raw)
 
 
-def _has_big_float(doc: object) -> bool:
-    """Whether DOC holds a float of 2**63 or more in magnitude (maybe an integer orjson rounded).
-    A walk of the decoded values, not a scan of the bytes: pictures make payloads long, not deep."""
-    if type(doc) is float:
-        return not -_BIG < doc < _BIG
-    if type(doc) is not dict and type(doc) is not list:
-        return False
-    stack = [doc]
-    while stack:
-        o = stack.pop()
-        for v in (o.values() if type(o) is dict else o):  # type: ignore[union-attr]
-            t = type(v)
-            if t is float:
-                if not -_BIG < v < _BIG:
-                    return True
-            elif t is dict or t is list:
-                stack.append(v)
-    return False
+def _join(vals: Sequence[object]) -> object:
+    """Several refs' values as one key joined by "/" (missing if any part is missing, null, or
+    an object or list)."""
+    for v in vals:
+        if v is _MISSING or v is None:
+            return _MISSING
+    for v in vals:
+        if isinstance(v, (dict, list)):
+            return _MISSING
+    return "/".join([canon(v) for v in vals])
 
 
 def _coerce(fm: FieldMap, raw: object) -> FieldValue:
@@ -544,13 +263,9 @@ def _coerce(fm: FieldMap, raw: object) -> FieldValue:
     return float(num)
 
 
-def _value(cf: _CField, ctx: _Ctx, warnings: list[str]) -> FieldValue | None:
-    s = cf.slot
-    if s < 0:
-        return cf.const
-    raw = ctx.vals[s]
-    if raw is _UNSET:
-        raw = ctx.vals[s] = ctx.fns[s](ctx.payload, ctx.caps, ctx.item)
+def _value_of(cf: _CField, raw: object, warnings: list[str]) -> FieldValue | None:
+    """The value a field or tag mapping gives for RAW (None: no value), or MapError for a
+    required one. The whole rule; generated code takes shortcuts only where it gives the same."""
     if cf.ignore is not None and raw is not _MISSING and not isinstance(raw, (dict, list)) \
             and canon(raw) in cf.ignore:
         raw = None
@@ -574,16 +289,6 @@ def _value(cf: _CField, ctx: _Ctx, warnings: list[str]) -> FieldValue | None:
             return hit[1]  # type: ignore[return-value]
         exc = hit[1]
     else:
-        fast, t = cf.fast, type(raw)
-        if fast == _F_INT or fast == _F_AUTO and t is int:
-            if t is int and _I64_MIN <= raw <= _U64_MAX:  # type: ignore[operator]
-                return raw  # type: ignore[return-value]
-        elif fast == _F_STR or fast == _F_AUTO and t is str:
-            if t is str:
-                return raw[: cf.max_len]  # type: ignore[index]
-        elif fast == _F_FLOAT or fast == _F_AUTO and t is float:
-            if t is float and math.isfinite(raw):  # type: ignore[arg-type]
-                return raw  # type: ignore[return-value]
         try:
             return _coerce(cf.fm, raw)
         except (TypeError, ValueError, OverflowError) as e:
@@ -592,6 +297,25 @@ def _value(cf: _CField, ctx: _Ctx, warnings: list[str]) -> FieldValue | None:
         raise MapError("wrong_type", f"{cf.fm.ref} for {cf.name}: {exc}") from None
     warnings.append(f"{cf.name}: skipped, {exc}")
     return None
+
+
+def _put(fields: dict[str, FieldValue], refused: list[str], name: str, v: object) -> None:
+    """Store a mapped value (None: no value), or refuse it (NaN, infinities: no line protocol)."""
+    if v is not None:
+        keep_field(fields, refused, name, v)
+
+
+def _tag_value(v: object) -> str | None:
+    """What a mapped value becomes as a tag: bools as true/false; None: no tag."""
+    if isinstance(v, bool):
+        v = canon(v)
+    return v if isinstance(v, str) and v else None
+
+
+def _put_tag(tags: dict[str, str], name: str, v: object) -> None:
+    tag = _tag_value(v)
+    if tag is not None:
+        tags[name] = tag
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -635,27 +359,26 @@ def _parse_time(src: TimeSource, raw: object, zone: ZoneInfo) -> int:
     return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000 + frac_ns
 
 
-def _timestamp(profile: MqttProfile, cm: _CMessage, ctx: _Ctx, now_ns: int,
-               window: tuple[int, int] | None, fields: dict[str, FieldValue],
-               warnings: list[str]) -> int:
+def _timestamp(cm: "_CMessage", raws: Sequence[object], lo: int, hi: int, now_ns: int,
+               fields: dict[str, FieldValue], warnings: list[str]) -> int:
+    """The point time from the message's time sources (RAWS, in order), or the receive time
+    with `time_corrected` (or MapError bad_time, as the profile says)."""
     m = cm.spec
-    if not m.time:
-        return now_ns  # the dialect carries no time: the receive time is the best there is
-    lo, hi = window if window is not None else (MIN_TIME_NS, now_ns + MAX_AHEAD_NS)
     problem = "no time in the payload"
-    for src, cache in zip(m.time, cm.time_cache):
-        raw = ctx.ref(src.ref)
+    for src, cache, raw in zip(m.time, cm.time_cache, raws):
         if raw is _MISSING or raw is None or raw == "":
             continue
-        # Gates report whole seconds: a busy stream repeats each time string many times.
-        ts = cache.get(raw) if type(raw) is str else None  # type: ignore[arg-type]
+        # Gates report whole seconds: a busy stream repeats each time string (or number) many
+        # times. Only str and int keys: True == 1 must not find 1's time.
+        keyed = type(raw) is str or type(raw) is int
+        ts = cache.get(raw) if keyed else None  # type: ignore[call-overload]
         if ts is None:
             try:
-                ts = _parse_time(src, raw, profile.zone)
+                ts = _parse_time(src, raw, cm.zone)
             except (ValueError, TypeError, OverflowError, KeyError) as exc:
                 problem = f"{src.ref}: cannot read {str(raw)[:40]!r} as a time ({str(exc)[:60]})"
                 break
-            if type(raw) is str:
+            if keyed:
                 if len(cache) >= _TIME_CACHE:
                     cache.clear()
                 cache[raw] = ts  # type: ignore[index]
@@ -673,11 +396,13 @@ def _timestamp(profile: MqttProfile, cm: _CMessage, ctx: _Ctx, now_ns: int,
     return now_ns
 
 
-# --- mapping ------------------------------------------------------------------------------------
+# --- device ids, persons, snapshots, lists --------------------------------------------------------
 
-def _device_id(profile: MqttProfile, m: MessageSpec, ctx: _Ctx) -> str:
-    ref = m.device_id or profile.device_id
-    raw = ctx.ref(ref)
+#: Device ids already checked, by their raw text: a compound has a few hundred.
+_DEVICE_IDS: dict[str, str] = {}
+
+
+def _device_id(ref: str, raw: object) -> str:
     if raw is _MISSING or raw is None or raw == "":
         raise MapError("missing_field", f"no device id at {ref}")
     if isinstance(raw, (dict, list, bool, float)):
@@ -685,13 +410,26 @@ def _device_id(profile: MqttProfile, m: MessageSpec, ctx: _Ctx) -> str:
     dev = str(raw).strip()
     if not _DEVICE_ID.match(dev):
         raise MapError("wrong_type", f"device id at {ref} is not a short plain identifier")
+    if type(raw) is str:
+        if len(_DEVICE_IDS) >= _ID_CACHE:
+            _DEVICE_IDS.clear()
+        _DEVICE_IDS[raw] = dev  # type: ignore[index]
     return dev
 
 
-def _snapshot(m: MessageSpec, ctx: _Ctx, warnings: list[str]) -> bytes | None:
-    if m.privacy.snapshot is None:
-        return None
-    raw = ctx.ref(m.privacy.snapshot)
+def _person(absent: list[str], raws: Sequence[object], privacy: Privacy) -> str | None:
+    """The pseudonym of the first person id present (RAWS in the profile's order), or None."""
+    for raw in raws:
+        if raw is _MISSING or raw is None or isinstance(raw, (dict, list, bool)):
+            continue
+        text = canon(raw) if isinstance(raw, (int, float)) else str(raw).strip()
+        if text in absent or not text:
+            continue
+        return privacy.pseudonym(text)
+    return None
+
+
+def _snapshot(raw: object, warnings: list[str]) -> bytes | None:
     if not isinstance(raw, str) or not raw:
         return None
     if raw.startswith("data:"):
@@ -710,78 +448,215 @@ def _snapshot(m: MessageSpec, ctx: _Ctx, warnings: list[str]) -> bytes | None:
     return data
 
 
-def _person(m: MessageSpec, ctx: _Ctx, privacy: Privacy) -> str | None:
-    for ref in m.privacy.person:
-        raw = ctx.ref(ref)
-        if raw is _MISSING or raw is None or isinstance(raw, (dict, list, bool)):
-            continue
-        text = canon(raw) if isinstance(raw, (int, float)) else str(raw).strip()
-        if text in m.privacy.absent or not text:
-            continue
-        return privacy.pseudonym(text)
-    return None
-
-
-def _items(spec: PointSpec, ctx: _Ctx) -> list[object]:
-    if spec.explode is None:
-        return [_MISSING]
-    raw = ctx.ref(spec.explode.ref)
+def _items(explode: Explode, raw: object) -> list[object]:
+    """The elements of an exploded list (a JSON array, or a string split on `sep`)."""
     if isinstance(raw, str):
-        items: list[object] = [s.strip() for s in raw.split(spec.explode.sep) if s.strip()]
+        items: list[object] = [s.strip() for s in raw.split(explode.sep) if s.strip()]
     elif isinstance(raw, list):
         items = raw
     else:
         items = []
-    return items[: spec.explode.max_items]
+    return items[: explode.max_items]
 
 
-def _points(cp: _CPoint, ctx: _Ctx, options: Mapping[str, object], person: str | None,
-            ts: int, extra: dict[str, FieldValue], warnings: list[str]) -> list[Point]:
-    out = []
-    spec = cp.spec
-    tag_maps, field_maps = cp.enabled(options)
-    for item in _items(spec, ctx):
-        # Without explode the item is _MISSING, as in ctx: its slots can be shared.
-        ictx = ctx if item is _MISSING else _Ctx(ctx.payload, ctx.caps, item, ctx.fns)
-        if cp.when and not _all_hold(cp.when, ictx):
-            continue
-        tags: dict[str, str] = {}
-        for tm in tag_maps:
-            if tm.name not in tags:
-                v = _value(tm, ictx, warnings)
-                if isinstance(v, bool):
-                    v = canon(v)
-                if isinstance(v, str) and v:
-                    tags[tm.name] = v
-        fields: dict[str, FieldValue] = {}
-        refused: list[str] = []
-        for fm in field_maps:
-            name = fm.name
-            if name not in fields and name not in refused:
-                v = _value(fm, ictx, warnings)
-                if v is None:
-                    continue
-                t = type(v)
-                if t is str or t is int or t is bool or t is float and math.isfinite(v):  # type: ignore[arg-type]
-                    fields[name] = v
-                else:
-                    _store(fields, refused, name, v)
-        if spec.person and person is not None:
-            _store(fields, refused, "person", person)
-        for name, v in extra.items():
-            _store(fields, refused, name, v)
-        warnings.extend(f"{n}: not a storable value" for n in refused)
-        if not fields:
-            # InfluxDB refuses a point without fields; say the event happened at least
-            fields = {"count": 1}
-        out.append(Point(cp.measurement, tags, fields, ts, cp.priority))
-    return out
+# --- decoding -----------------------------------------------------------------------------------
+
+# orjson reads valid UTF-8 JSON exactly as json does, ~5x faster, but for one thing: an integer
+# beyond 64 bits becomes a float (json keeps it exact), of 2**63 or more in magnitude. A payload
+# holding such a number anywhere used to be parsed again by json, after a walk of every value
+# (~2 us a message). Now the functions that read an orjson document call checked rules: a float
+# that big, read where its type matters, raises _Inexact, and the message is mapped again from
+# json's document. The fast paths in generated code never take floats that big.
+
+class _Inexact(Exception):
+    """A value read from an orjson document may be an integer orjson rounded."""
 
 
-# Names never repeat when storing: the caller keeps the first mapping of a name, and profiles
-# cannot name a field `person` or a reserved one (time_corrected, device_time).
-_store = keep_field
+#: The last payload decoded (bytes only: immutable), with what decides its document: the MQTT
+#: source asks a payload's device id (for dialects that carry it in the payload) and then maps
+#: it, so the second call reuses the parse. Documents are only ever read.
+_LAST_DECODED: tuple[bytes, bool, int, object, bool] | None = None
 
+
+def _decode(profile: MqttProfile, payload: bytes, max_bytes: int, exact: bool = False) -> tuple[object, bool]:
+    """The document of PAYLOAD, and whether json made it (exact) rather than orjson."""
+    global _LAST_DECODED
+    last = _LAST_DECODED
+    if last is not None and last[0] is payload and last[1] == profile.gzip and last[2] == max_bytes \
+            and (last[4] or not exact):
+        return last[3], last[4]
+    data = _unpacked(profile, payload, max_bytes)
+    doc, is_exact = _UNSET, True
+    if not exact:
+        # Whatever orjson refuses (a BOM, bad UTF-8, NaN, lone surrogates, 1e400, deep nesting)
+        # goes to json, which decides and words the error as it always did.
+        try:
+            doc, is_exact = orjson.loads(data), False
+        except orjson.JSONDecodeError:
+            pass
+    if doc is _UNSET:
+        doc = _json(data)
+    if type(payload) is bytes:
+        _LAST_DECODED = (payload, profile.gzip, max_bytes, doc, is_exact)
+    return doc, is_exact
+
+
+def _unpacked(profile: MqttProfile, payload: bytes, max_bytes: int) -> bytes:
+    """The JSON bytes of PAYLOAD: size checked, gunzipped where the profile allows."""
+    if type(payload) is not bytes:
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise MapError("wrong_type", "payload must be bytes")
+        payload = bytes(payload)
+    if len(payload) > max_bytes:
+        raise MapError("too_large", f"{len(payload)} bytes > {max_bytes}")
+    if profile.gzip and payload[:2] == b"\x1f\x8b":
+        d = zlib.decompressobj(wbits=31)
+        try:
+            payload = d.decompress(payload, max_bytes + 1)
+        except zlib.error:
+            raise MapError("malformed_json", "bad gzip data") from None
+        if len(payload) > max_bytes or d.unconsumed_tail:
+            raise MapError("too_large", f"decompressed payload > {max_bytes} bytes")
+    return payload
+
+
+def _json(data: bytes) -> object:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MapError("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise MapError("malformed_json", "nested too deeply") from None
+    except ValueError as exc:
+        raise MapError("malformed_json", str(exc)[:120]) from None
+
+
+def _check(raw: object) -> None:
+    """Raise _Inexact for a float that may be an integer orjson rounded."""
+    if type(raw) is float and not -_BIG < raw < _BIG:
+        raise _Inexact
+
+
+def _checked_key_of(raw: object) -> str | None:
+    _check(raw)
+    return _key_of(raw)
+
+
+def _checked_join(vals: Sequence[object]) -> object:
+    for v in vals:
+        _check(v)
+    return _join(vals)
+
+
+def _checked_value(cf: _CField, raw: object, warnings: list[str]) -> FieldValue | None:
+    _check(raw)
+    return _value_of(cf, raw, warnings)
+
+
+def _checked_timestamp(cm: "_CMessage", raws: Sequence[object], lo: int, hi: int, now_ns: int,
+                       fields: dict[str, FieldValue], warnings: list[str]) -> int:
+    for raw in raws:  # a warning quotes an object or list it cannot read: its numbers count too
+        if _has_big_float(raw):
+            raise _Inexact
+    return _timestamp(cm, raws, lo, hi, now_ns, fields, warnings)
+
+
+def _checked_device_id(ref: str, raw: object) -> str:
+    _check(raw)
+    return _device_id(ref, raw)
+
+
+def _checked_person(absent: list[str], raws: Sequence[object], privacy: Privacy) -> str | None:
+    for raw in raws:
+        _check(raw)
+    return _person(absent, raws, privacy)
+
+
+def _has_big_float(doc: object) -> bool:
+    """Whether DOC holds a float of 2**63 or more in magnitude (maybe an integer orjson rounded).
+    A walk of the decoded values, not a scan of the bytes: pictures make payloads long, not deep."""
+    if type(doc) is float:
+        return not -_BIG < doc < _BIG
+    if type(doc) is not dict and type(doc) is not list:
+        return False
+    stack = [doc]
+    while stack:
+        o = stack.pop()
+        for v in (o.values() if type(o) is dict else o):  # type: ignore[union-attr]
+            t = type(v)
+            if t is float:
+                if not -_BIG < v < _BIG:
+                    return True
+            elif t is dict or t is list:
+                stack.append(v)
+    return False
+
+
+
+
+_RUNTIME = codegen.Runtime(
+    missing=_MISSING, field=_cfield, value=_value_of, put=_put, put_tag=_put_tag, tag_value=_tag_value,
+    keep=keep_field, join=_join, key_of=_key_of, canon_str=lru_cache(maxsize=8192)(canon),
+    timestamp=_timestamp, device_id=_device_id, device_ids=_DEVICE_IDS, person=_person,
+    snapshot=_snapshot, items=_items, point=Point, mapped=Mapped, map_error=MapError, min_time_ns=MIN_TIME_NS,
+    max_ahead_ns=MAX_AHEAD_NS, big=_BIG, priority_of=priority_of,
+    checked={"key_of": _checked_key_of, "join": _checked_join, "value": _checked_value,
+             "timestamp": _checked_timestamp, "device_id": _checked_device_id, "person_of": _checked_person})
+
+
+# --- the compiled profile -----------------------------------------------------------------------
+
+class _CMessage:
+    """One message of a profile as generated code and the rules use it: the caches of its time
+    sources, and the reader of its device id (for device_id_of)."""
+
+    def __init__(self, profile: MqttProfile, m: MessageSpec) -> None:
+        self.spec = m
+        self.device_ref = profile.device_id
+        self.zone = profile.zone
+        self.time_cache: list[dict[object, int]] = [{} for _ in m.time]
+        self._device_reader: Callable[[object, dict], object] | None = None
+
+    def device_raw(self, data: object, caps: dict[str, str]) -> object:
+        if self._device_reader is None:
+            self._device_reader = codegen.reader(self.spec.device_id or self.device_ref, _RUNTIME)
+        return self._device_reader(data, caps)
+
+
+class _CProfile:
+    def __init__(self, profile: MqttProfile) -> None:
+        self.profile = profile
+        self.messages = {m.name: _CMessage(profile, m) for m in profile.messages}
+        self.topics: dict[str, _Route | bool] = {}  # False: no message reads the topic
+        self._maps: dict[tuple[tuple[str, int], ...], Callable[..., Mapped]] = {}
+
+    def route_map(self, shape: tuple[tuple[str, int], ...]) -> Callable[..., Mapped]:
+        """The mapping function for candidates of this SHAPE ((message name, captures group) in
+        order), made once: the topics of one pattern share it."""
+        fn = self._maps.get(shape)
+        if fn is None:
+            fn = self._maps[shape] = codegen.route(
+                self.profile, [(self.messages[name], g) for name, g in shape], _RUNTIME)
+        return fn
+
+
+_COMPILED: dict[int, tuple[MqttProfile, _CProfile]] = {}
+
+
+def _compiled(profile: MqttProfile) -> _CProfile:
+    """The compiled form of PROFILE, made once. Keyed by identity; the entry keeps the profile
+    alive, so an id is never reused for another profile (profiles are frozen)."""
+    hit = _COMPILED.get(id(profile))
+    if hit is None or hit[0] is not profile:
+        if len(_COMPILED) >= 256:  # profiles reloaded over and over: start afresh
+            _COMPILED.clear()
+        hit = _COMPILED[id(profile)] = (profile, _CProfile(profile))
+    return hit[1]
+
+
+# --- mapping ------------------------------------------------------------------------------------
 
 def map_message(profile: MqttProfile, topic: str, payload: bytes, *, privacy: Privacy, now_ns: int,
                 max_bytes: int = 256 * 1024, time_window: tuple[int, int] | None = None,
@@ -793,7 +668,15 @@ def map_message(profile: MqttProfile, topic: str, payload: bytes, *, privacy: Pr
     default sane window [2000-01-01, now + 1 day].
     """
     try:
-        return _map(profile, topic, payload, privacy, now_ns, max_bytes, time_window, options)
+        route = _route(profile, topic)
+        if route is None:
+            raise MapError("unknown_message", f"topic {topic[:100]!r} is not in profile {profile.id}")
+        data, exact = _decode(profile, payload, max_bytes)
+        try:
+            return _map_doc(profile, route, data, privacy, now_ns, time_window, options, exact)
+        except _Inexact:  # only from an orjson document: map json's
+            data, _ = _decode(profile, payload, max_bytes, exact=True)
+            return _map_doc(profile, route, data, privacy, now_ns, time_window, options, True)
     except MapError:
         raise
     except RecursionError:
@@ -802,52 +685,38 @@ def map_message(profile: MqttProfile, topic: str, payload: bytes, *, privacy: Pr
         raise MapError("internal", f"{type(exc).__name__}: {str(exc)[:120]}") from None
 
 
-def _map(profile: MqttProfile, topic: str, payload: bytes, privacy: Privacy, now_ns: int,
-         max_bytes: int, window: tuple[int, int] | None,
-         options: Mapping[str, object] | None) -> Mapped:
-    candidates = _topic_matches(profile, topic)
-    if not candidates:
-        raise MapError("unknown_message", f"topic {topic[:100]!r} is not in profile {profile.id}")
-    data = _decode(profile, payload, max_bytes)
+def _map_doc(profile: MqttProfile, route: _Route, data: object, privacy: Privacy, now_ns: int,
+             window: tuple[int, int] | None, options: Mapping[str, object] | None, exact: bool) -> Mapped:
+    """Map the decoded document; EXACT: json made it, else orjson (see _Inexact)."""
     if not isinstance(data, dict):
+        if not exact:
+            raise _Inexact  # the type named below must be json's
         raise MapError("wrong_type", f"expected a JSON object, got {type(data).__name__}")
-    cprof = _compiled(profile)
-    ctx = _Ctx(data, candidates[0][1], _MISSING, cprof.fns)
-    if not _all_hold(cprof.signature, ctx):
-        raise MapError("wrong_dialect", f"payload does not look like {profile.id}")
-    for cm, caps in candidates:
-        if caps is not ctx.caps:
-            ctx = _Ctx(data, caps, _MISSING, cprof.fns)  # other captures: other values
-        if _all_hold(cm.match, ctx):
-            break
-    else:
-        raise MapError("unknown_message", f"no message of {profile.id} recognises this payload")
-    m = cm.spec
-    opts = {**profile.options, **options} if options else profile.options
-    warnings: list[str] = []
-    device_id = _device_id(profile, m, ctx)
-    extra: dict[str, FieldValue] = {}
-    ts = _timestamp(profile, cm, ctx, now_ns, window, extra, warnings)
-    person = _person(m, ctx, privacy)
-    points: list[Point] = []
-    for cp in cm.points:
-        points.extend(_points(cp, ctx, opts, person, ts, extra, warnings))
-    return Mapped(device_id, m.kind, points, _snapshot(m, ctx, warnings), warnings, m.name)
+    fn = route.map.exact if exact else route.map  # type: ignore[attr-defined]
+    return fn(data, route.caps, options, privacy, now_ns, window)
 
 
 def device_id_of(profile: MqttProfile, topic: str, payload: bytes, max_bytes: int = 256 * 1024) -> str | None:
     """The device id of a message, cheaply, for discovering unregistered devices. Never raises."""
     try:
-        candidates = _topic_matches(profile, topic)
-        if not candidates:
+        route = _route(profile, topic)
+        if route is None:
             return None
-        cm, caps = candidates[0]
-        m = cm.spec
-        ref = m.device_id or profile.device_id
+        cm, caps = route.candidates[0]
+        ref = cm.spec.device_id or profile.device_id
         if ref.startswith("@topic."):
-            return _device_id(profile, m, _Ctx(None, caps))
-        data = _decode(profile, payload, max_bytes)
-        return _device_id(profile, m, _Ctx(data, caps))
+            return _device_id(ref, caps.get(ref[7:], _MISSING))
+        data, exact = _decode(profile, payload, max_bytes)
+        raw = cm.device_raw(data, caps)
+        dev = _DEVICE_IDS.get(raw) if type(raw) is str else None
+        if dev is not None:
+            return dev
+        if not exact:
+            try:
+                return _checked_device_id(ref, raw)
+            except _Inexact:
+                data, _ = _decode(profile, payload, max_bytes, exact=True)
+        return _device_id(ref, cm.device_raw(data, caps))
     except MapError:
         return None
     except Exception:
