@@ -6,6 +6,7 @@ import json
 import math
 import zlib
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -210,3 +211,14 @@ def test_clean_fields_refuses_what_influx_cannot_store():
 def test_priorities_rank_alarms_last():
     assert priority_of("device_health") < priority_of("meter") < priority_of("gate_event") <= priority_of("gate_alarm")
     assert priority_of("gate_alarm") == Priority.ALARM
+
+
+def test_point_json_refuses_nan_and_infinities_and_keeps_everything_else_exact():
+    tags = {"site": "s", "gateway": "g", "device": "null"}  # a name that is the word "null"
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            wire.point_json(Point("meter", tags, {"voltage": bad}, 1))
+    odd = Point("gate_event", tags, {"note": 'said "null" twice: null', "n": 2**70, "ok": True, "t": 36.6}, 7)
+    assert json.loads(wire.point_json(odd)) == odd.to_wire()  # the stdlib's path, the same content
+    plain = Point("meter", {**tags, "device": "5幢电表"}, {"voltage": 220.5, "count": 3}, 9)
+    assert wire.point_json(plain) == orjson.dumps(plain.to_wire()).decode()  # the fast path

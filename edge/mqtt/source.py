@@ -371,7 +371,8 @@ class MqttSource:
         bucket = self._buckets.get(dev.id)
         if bucket is None:
             bucket = self._buckets[dev.id] = _Bucket(self.flood_burst)
-        msg_t = min((p.time_ns for p in mapped.points), default=now)
+        pts = mapped.points
+        msg_t = pts[0].time_ns if len(pts) == 1 else min((p.time_ns for p in pts), default=now)
         if not bucket.take(self.flood_rate, self.flood_burst, msg_t / 1e9):
             self._drop("flood", _who(dev), f"more than {self.flood_rate:g} messages/s sustained")
             return None
