@@ -379,3 +379,29 @@ def test_no_personal_value_reaches_tags_or_fields(pid, name, url, card, which):
             assert secret not in blob
         assert p.fields.get("person") == PRIV.pseudonym(pid)
         assert "person" not in p.tags
+
+
+# --- integers beyond 64 bits; one parse for device id and mapping ---------------------------------
+
+def test_integer_beyond_64_bits_stays_exact():
+    # orjson would make this serial number a float (and the id a wrong type); json keeps it exact
+    body = DAHUA_DOC.replace(b'"Device Serial Number"', b"123456789012345678901")
+    m = run(DAHUA, "DahuaVTO/AccessControl/Event", body, now_ns=ns("2020-03-03T00:00:00+00:00"))
+    assert m.device_id == "123456789012345678901"
+    assert device_id_of(DAHUA, "DahuaVTO/AccessControl/Event", body) == "123456789012345678901"
+    rec = {"SN": "x", "RecordType": 1, "RecordDate": 1709251200, "IsEntry": 1, "RecordID": 2**64 + 1}
+    f = run(GEN, "facegate/fc1/record", json.dumps(rec).encode()).points[0].fields
+    assert f["record_id"] == 2**64 + 1 and type(f["record_id"]) is int
+
+
+def test_device_id_parse_is_not_reused_by_a_profile_that_reads_the_payload_otherwise():
+    import gzip
+    body = DAHUA_DOC.replace(b"Device Serial Number", b"SN1")
+    packed = gzip.compress(body)
+    dahua_gz = DAHUA.model_copy(update={"gzip": True})
+    assert device_id_of(dahua_gz, "DahuaVTO/AccessControl/Event", packed) == "SN1"
+    with pytest.raises(MapError) as e:  # the same bytes, a profile without gzip: not JSON
+        run(DAHUA, "DahuaVTO/AccessControl/Event", packed)
+    assert e.value.reason == "not_utf8"
+    m = run(dahua_gz, "DahuaVTO/AccessControl/Event", packed, now_ns=ns("2020-03-03T00:00:00+00:00"))
+    assert m.device_id == "SN1" and m.points[0].fields["method"] == "remote"

@@ -767,7 +767,7 @@ def test_profile_text_never_runs_as_code():
     assert CANARY not in os.environ
     assert mapped > 500  # the evil strings were mapped as data, not only refused
     for i in range(len(EVIL)):
-        _assert_only_generated_code(NEW._route(evil, f"evil/g/{i}").map)  # type: ignore[union-attr]
+        _assert_only_generated_code(NEW._route(evil, f"evil/g/{i}").generate())  # type: ignore[union-attr]
 
 
 _NAMES = re.compile(r"^((v|x|k|c|h|it|on)\d+|_k\d+|caps\d*|d|options|opts|privacy|now_ns|window|w|dev|ex|lo|hi|ts|"
@@ -796,5 +796,5 @@ def test_generated_code_holds_only_its_own_names(name):
     for m in profile.messages:
         for topic in m.topics:
             route = NEW._route(profile, topic.replace("{id}", "g").replace("{Code}", "AccessControl"))
-            _assert_only_generated_code(route.map)  # type: ignore[union-attr]
-    _assert_only_generated_code(NEW._route(SINK, "ks/s1/g/ev").map)  # type: ignore[union-attr]
+            _assert_only_generated_code(route.generate())  # type: ignore[union-attr]
+    _assert_only_generated_code(NEW._route(SINK, "ks/s1/g/ev").generate())  # type: ignore[union-attr]

@@ -112,7 +112,7 @@ class _Route:
     with its captured segments, and the generated function that maps a payload as the first
     whose match holds."""
 
-    __slots__ = ("candidates", "caps", "map")
+    __slots__ = ("candidates", "caps", "_cp", "_shape", "fn")
 
     def __init__(self, cp: "_CProfile", found: list[tuple[MessageSpec, dict[str, str]]]) -> None:
         groups: list[dict[str, str]] = []  # equal captures, one dict: the values are read once
@@ -126,8 +126,14 @@ class _Route:
             shape.append((m.name, g))
             self.candidates.append((cp.messages[m.name], groups[g]))
         self.caps = tuple(groups)
-        #: map(payload, caps, options, privacy, now_ns, window) -> Mapped (codegen.route)
-        self.map = cp.route_map(tuple(shape))
+        self._cp, self._shape = cp, tuple(shape)
+        #: fn(payload, caps, options, privacy, now_ns, window) -> Mapped (codegen.route), made
+        #: when a payload is first mapped: topic look-ups alone never run the generator
+        self.fn: Callable[..., Mapped] | None = None
+
+    def generate(self) -> Callable[..., Mapped]:
+        self.fn = self._cp.route_map(self._shape)
+        return self.fn
 
 
 def _route(profile: MqttProfile, topic: str) -> _Route | None:
@@ -692,7 +698,9 @@ def _map_doc(profile: MqttProfile, route: _Route, data: object, privacy: Privacy
         if not exact:
             raise _Inexact  # the type named below must be json's
         raise MapError("wrong_type", f"expected a JSON object, got {type(data).__name__}")
-    fn = route.map.exact if exact else route.map  # type: ignore[attr-defined]
+    fn = route.fn or route.generate()
+    if exact:
+        fn = fn.exact  # type: ignore[attr-defined]
     return fn(data, route.caps, options, privacy, now_ns, window)
 
 
