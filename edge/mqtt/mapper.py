@@ -18,7 +18,6 @@ tests/mqtt_reference_mapper.py and compared by property tests
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
@@ -444,7 +443,7 @@ def _snapshot(raw: object, warnings: list[str]) -> bytes | None:
         warnings.append("snapshot too large, ignored")
         return None
     try:
-        data = base64.b64decode(raw, validate=False)
+        data = binascii.a2b_base64(raw)  # base64.b64decode(raw) without its wrapper: ASCII str or ValueError
     except (binascii.Error, ValueError):
         warnings.append("snapshot is not base64, ignored")
         return None
