@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import yaml
 
 from common.mqtt import AsyncMqtt, MqttUrl
@@ -515,3 +517,19 @@ def test_replayed_message_keeps_its_timestamp_and_registry_tags(tmp_path):
     moved = src._handle(msg(b), now)
     assert moved and {p.tags["building"] for p in moved[0]} == {"4"}
     h.registry.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 100, allow_nan=False), max_size=60), st.floats(0.1, 50), st.floats(1, 20))
+def test_flood_bucket_is_a_token_bucket_on_the_messages_own_clock(times, rate, burst):
+    from edge.mqtt.source import _Bucket
+
+    b, tokens, last = _Bucket(burst), burst, None
+    for t in times:  # the rule written plainly: refill by the time elapsed (never backwards), cap at burst
+        if last is not None:
+            tokens = min(burst, tokens + max(0.0, t - last) * rate)
+        last = t if last is None else max(last, t)
+        expect = tokens >= 1
+        if expect:
+            tokens -= 1
+        assert b.take(rate, burst, t) == expect

@@ -86,9 +86,12 @@ class _Bucket:
         self.last: float | None = None
 
     def take(self, rate: float, burst: float, t: float) -> bool:
-        if self.last is not None:
-            self.tokens = min(burst, self.tokens + max(0.0, t - self.last) * rate)
-        self.last = t if self.last is None else max(self.last, t)
+        last = self.last
+        if last is None or t > last:  # (comparisons, not min/max: this runs for every message)
+            if last is not None:
+                tokens = self.tokens + (t - last) * rate
+                self.tokens = burst if tokens > burst else tokens
+            self.last = t
         if self.tokens >= 1:
             self.tokens -= 1
             return True
