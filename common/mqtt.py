@@ -266,6 +266,8 @@ class AsyncMqtt:
         self._pub_futures: dict[int, asyncio.Future] = {}
         self._early_mids: set[int] = set()
         self._sub_futures: dict[int, asyncio.Future] = {}
+        self._initial_subs: set[int] = set()  # SUBACKs awaited after (re)connecting
+        self._online = False  # paho's connection is up (before `connected`: that waits for SUBACKs)
         self.connected = asyncio.Event()
         self.last_error: str = ""
         self.on_connection_change: Callable[[bool], None] | None = None
@@ -315,9 +317,17 @@ class AsyncMqtt:
         self.last_error = ""  # connected: any earlier refusal is over
         with self._lock:  # subscribe() adds topics from the asyncio thread
             subs = list(self._subs.items())
-        for topic, qos in subs:
-            client.subscribe(topic, qos)
-        if self._loop:
+            # Connected means subscribed too: a message published right after start() must not
+            # miss a subscription the broker has not processed yet. `connected` is set when the
+            # last of these SUBACKs is in (_on_subscribe), or now if the broker kept our session
+            # (its subscriptions stand; a SUBACK may wait behind the backlog while reading pauses).
+            self._initial_subs = {mid for rc, mid in (client.subscribe(t, q) for t, q in subs)
+                                  if rc == paho.MQTT_ERR_SUCCESS}
+            if getattr(flags, "session_present", False):
+                self._initial_subs.clear()
+            ready = not self._initial_subs
+            self._online = True
+        if ready and self._loop:
             self._loop.call_soon_threadsafe(self._set_connected, True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -325,6 +335,8 @@ class AsyncMqtt:
         # the installer looking at the network instead of the credentials.
         if (reason_code.is_failure or reason_code.value != 0) and not self.last_error.startswith("broker refused"):
             self.last_error = f"connection lost: {reason_code}"
+        with self._lock:
+            self._online = False
         if self._loop and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._set_connected, False)
 
@@ -358,6 +370,14 @@ class AsyncMqtt:
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._lock:
             fut = self._sub_futures.pop(mid, None)
+            ready = mid in self._initial_subs
+            self._initial_subs.discard(mid)
+            ready = ready and not self._initial_subs
+        if any(rc.is_failure for rc in reason_codes) and fut is None:
+            log.error("MQTT %s: the broker refused a subscription (check its ACL for client %s)",
+                      self.url, self.client_id)
+        if ready and self._loop:
+            self._loop.call_soon_threadsafe(self._set_connected, True)
         if fut is not None and self._loop:
             ok = all(not rc.is_failure for rc in reason_codes)
             self._loop.call_soon_threadsafe(_resolve, fut, ok)
@@ -390,13 +410,13 @@ class AsyncMqtt:
             await fut
 
     async def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> None:
-        with self._lock:
+        """Subscribe now and wait for the broker's answer; before the connection is up, the
+        topic is subscribed on connecting (and on every reconnect) and this returns at once."""
+        with self._lock:  # the same lock as _on_connect: each topic is sent by one or the other
             self._subs[topic] = qos
-        if not self.connected.is_set():
-            return  # subscribed in _on_connect
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        with self._lock:
+            if not self._online or self._loop is None:
+                return  # subscribed in _on_connect
+            fut = self._loop.create_future()
             rc, mid = self._client.subscribe(topic, qos)
             if rc == paho.MQTT_ERR_SUCCESS:
                 self._sub_futures[mid] = fut
@@ -411,8 +431,8 @@ class AsyncMqtt:
         """Stop receiving a topic (and stop resubscribing to it on reconnect)."""
         with self._lock:
             self._subs.pop(topic, None)
-        if self.connected.is_set():
-            self._client.unsubscribe(topic)
+            if self._online:
+                self._client.unsubscribe(topic)
 
     def ack(self, msg: Message) -> None:
         """Acknowledge a message received with manual_ack=True."""

@@ -238,3 +238,22 @@ def test_subscribing_while_a_stream_flows(mosquitto):
         await sub.stop()
 
     asyncio.run(scenario())
+
+
+def test_start_returns_once_the_broker_has_the_subscriptions(mosquitto):
+    # A message published the moment start() returns must find the subscription in place
+    # (without waiting for the SUBACKs, one start in a few dozen lost it on a busy machine).
+    async def scenario():
+        pub = await _publisher(mosquitto)
+        for k in range(30):
+            sub = AsyncMqtt(_url(mosquitto), f"fresh-{k}")  # a new, clean session each time
+            inbox = Inbox(sub)
+            for t in range(5):
+                await sub.subscribe(f"s{k}/{t}/#", qos=1)
+            assert await sub.start()
+            await pub.publish(f"s{k}/4/x", b"first", qos=1)
+            assert [m.payload for m in await inbox.wait(1, timeout=5)] == [b"first"]
+            await sub.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
