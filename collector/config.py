@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.mqtt import MqttUrl, TlsFiles
+from common.broker_config import BrokerConfig as SharedBrokerConfig
 from common.yamlconf import load_model
 
 ENV_VAR = "POPLAR_COLLECTOR_CONFIG"
@@ -19,33 +19,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TlsConfig(_Strict):
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-
-    def files(self) -> TlsFiles:
-        return TlsFiles(self.ca_file, self.cert_file, self.key_file, self.insecure)
-
-
-class BrokerConfig(_Strict):
+class BrokerConfig(SharedBrokerConfig):
     url: str = Field(description="central broker, mqtt://HOST:PORT or mqtts://HOST:PORT")
-    username: str | None = None
-    password: str | None = None
     client_id: str | None = Field(None, description="default: poplar-collector-<host>-<pid>")
-    tls: TlsConfig | None = None
     shared_group: str | None = Field(
         "poplar-collectors", description="MQTT shared-subscription group; collectors in one group share the load")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        MqttUrl.parse(v)
-        return v
-
-    def parsed(self) -> MqttUrl:
-        return MqttUrl.parse(self.url)
 
 
 class Influx1Sink(_Strict):

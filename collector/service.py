@@ -125,7 +125,7 @@ class Collector:
         b = cfg.broker
         self.mqtt = AsyncMqtt(b.parsed(), b.client_id or f"poplar-collector-{cfg.name}", persistent=True,
                               manual_ack=True, username=b.username, password=b.password,
-                              tls=b.tls.files() if b.tls else None, max_inflight=1000)
+                              tls=b.tls_files(), max_inflight=1000)
         self.mqtt.on_messages(self._enqueue)
         self.sink_ok = True
 

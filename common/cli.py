@@ -51,7 +51,12 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    from common.mqtt import MqttSetupError
+
+    try:
+        asyncio.run(runner())
+    except MqttSetupError as exc:  # TLS files that exist but cannot be used: say so, no traceback
+        fail(str(exc), 2)
 
 
 def load_config_or_fail(load: Callable[[Path], Any], path: Path, hint: str) -> Any:

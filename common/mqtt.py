@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import logging
+import os
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class _Client(paho.Client):
         self.unacked = 0
         self.pauses = 0
         self.reading = threading.Event()  # cleared: reading paused
+        self.socket_error: OSError | None = None  # why the last connect or read failed
         self.reading.set()
         self.bulk = (all(hasattr(self, a) for a in _PAHO_INTERNALS) and self._protocol != paho.MQTTv5
                      and self._transport in ("tcp", "unix"))
@@ -115,7 +117,36 @@ class _Client(paho.Client):
     def reconnect(self) -> MQTTErrorCode:
         with self._gen_lock:  # from now on, acks of earlier messages are not sent
             self.generation += 1
-        return super().reconnect()
+        self.socket_error = None
+        try:
+            return super().reconnect()
+        except OSError as exc:  # paho retries and drops the reason; keep it for the installer
+            self.socket_error = exc
+            raise
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        try:
+            return super()._sock_send(buf)
+        except BlockingIOError:
+            raise
+        except OSError as exc:  # paho drops the reason; a TLS alert can arrive while writing CONNECT
+            self.socket_error = self._alert_behind(exc)
+            raise
+
+    def _alert_behind(self, exc: OSError) -> OSError:
+        """A TLS broker that refuses our certificate sends an alert and closes; a write can fail
+        on the closed socket before the alert is read. Read it: it says why."""
+        sock = self._sock
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)) and isinstance(sock, ssl.SSLSocket):
+            try:
+                sock.recv(1)
+            except (ssl.SSLEOFError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except ssl.SSLError as alert:
+                return alert
+            except OSError:
+                pass
+        return exc
 
     def queue_acks(self, msgs: list[Message]) -> None:
         """Acknowledge received messages (QoS 1: PUBACK, one write for all; QoS 2: paho's PUBCOMP)."""
@@ -155,8 +186,9 @@ class _Client(paho.Client):
             data = self._sock_recv(min(max(_READ_SIZE, self._need - self._have), 16 * _READ_SIZE))
         except BlockingIOError:
             return MQTTErrorCode.MQTT_ERR_AGAIN
-        except OSError as err:
+        except OSError as err:  # e.g. a TLS alert: the broker wants a client certificate
             log.debug("MQTT: failed to receive on socket: %s", err)
+            self.socket_error = err
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         if not data:
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
@@ -237,15 +269,7 @@ class AsyncMqtt:
         self.client_id = client_id
         self._client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent,
                                protocol=paho.MQTTv311, manual_ack=manual_ack, on_batch=self._on_batch)
-        user = username or url.username
-        if user:
-            self._client.username_pw_set(user, password or url.password)
-        if url.tls or (tls and (tls.ca_file or tls.cert_file)):
-            t = tls or TlsFiles()
-            self._client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
-                                 cert_reqs=ssl.CERT_NONE if t.insecure else ssl.CERT_REQUIRED)
-            if t.insecure:
-                self._client.tls_insecure_set(True)
+        _login_and_tls(self._client, url, username, password, tls)
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=will[2])
         self._client.max_inflight_messages_set(max_inflight)
@@ -254,6 +278,7 @@ class AsyncMqtt:
         self._client.reconnect_delay_set(1, 30)
         self._keepalive = keepalive
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
@@ -330,13 +355,27 @@ class AsyncMqtt:
         if ready and self._loop:
             self._loop.call_soon_threadsafe(self._set_connected, True)
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        exc = self._client.socket_error
+        self._set_error(connect_error_text(self.url, exc) if exc else "cannot connect")
+
+    def _set_error(self, text: str) -> None:
+        if text != self.last_error:  # once per kind of failure, not at every retry
+            log.warning("MQTT %s: %s; retrying", self.url, text)
+        self.last_error = text
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._lock:
+            answered, self._online = self._online, False
+        exc = self._client.socket_error
+        if exc is not None and not answered:  # the connection failed before the broker's CONNACK
+            self._set_error(connect_error_text(self.url, exc))
+        elif not answered and not self.last_error.startswith("broker refused"):
+            self._set_error(_closed_before_connack(self.url))
         # Keep a refusal (bad password, ACL) as the reason: "connection lost" after it would send
         # the installer looking at the network instead of the credentials.
-        if (reason_code.is_failure or reason_code.value != 0) and not self.last_error.startswith("broker refused"):
+        elif (reason_code.is_failure or reason_code.value != 0) and not self.last_error.startswith("broker refused"):
             self.last_error = f"connection lost: {reason_code}"
-        with self._lock:
-            self._online = False
         if self._loop and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._set_connected, False)
 
@@ -448,42 +487,104 @@ def _resolve(fut: asyncio.Future, value: bool) -> None:
         fut.set_result(value)
 
 
-def probe(url: MqttUrl, username: str | None = None, password: str | None = None, tls: TlsFiles | None = None,
-          timeout: float = 5.0) -> str | None:
-    """Try one MQTT connection (blocking). None if the broker accepted it, else why not, in words
-    an installer can act on."""
-    import socket
-    import time as _time
+class MqttSetupError(ValueError):
+    """The TLS files cannot be used. str() is the message for the installer."""
 
-    result: dict = {}
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"poplar-probe-{os.getpid()}", clean_session=True)
+
+def _login_and_tls(client: paho.Client, url: MqttUrl, username: str | None, password: str | None,
+                   tls: TlsFiles | None) -> None:
     user = username or url.username
     if user:
         client.username_pw_set(user, password or url.password)
-    if url.tls or (tls and tls.ca_file):
+    if url.tls or (tls and (tls.ca_file or tls.cert_file)):
         t = tls or TlsFiles()
         try:
             client.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
                            cert_reqs=ssl.CERT_NONE if t.insecure else ssl.CERT_REQUIRED)
-        except (OSError, ValueError) as exc:
-            return f"cannot load the TLS files: {exc}"
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            files = ", ".join(f"{k} {v}" for k, v in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
+                                                      ("key_file", t.key_file)) if v) or "the system's CAs"
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            raise MqttSetupError(f"cannot load the TLS files for {url} ({files}): {reason}; check the "
+                                 "tls settings and that this user may read the files") from None
+        if t.insecure:
+            client.tls_insecure_set(True)
+
+
+def _closed_before_connack(url: MqttUrl) -> str:
+    where = f"{url.host}:{url.port}"
+    if url.tls:
+        return (f"{where} closed the connection before answering the login; if it is not a TLS port, use "
+                f"mqtt://{where}; if it is, check that the broker takes this client's certificate")
+    return (f"{where} closed the connection before answering the login; if it is a TLS port, use "
+            f"mqtts://{where}")
+
+
+def connect_error_text(url: MqttUrl, exc: BaseException) -> str:
+    """Why connecting to `url` failed, in words an installer can act on."""
+    where = f"{url.host}:{url.port}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host name {url.host!r} (check the spelling and DNS)"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing listens on {where} (is the broker running? is the port right?)"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return _closed_before_connack(url)  # e.g. TLS spoken to a plain port, or plain to a TLS one
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or str(exc)
+        if "mismatch" in why.lower():
+            return (f"TLS: the broker's certificate is not made out to {url.host} ({why}); use the host "
+                    "name its certificate names, or ask central IT for a certificate that names this one")
+        return (f"TLS: the broker's certificate is not trusted ({why}); set tls.ca_file to the CA "
+                "certificate that signed it (ask central IT for it)")
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc)
+        if "CERTIFICATE_REQUIRED" in reason:
+            return (f"TLS: the broker wants a client certificate ({reason}); set tls.cert_file and "
+                    "tls.key_file to this gateway's certificate and key")
+        if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
+            return (f"TLS: the broker does not accept this client's certificate ({reason}); ask central "
+                    "IT for a certificate signed by the CA the broker trusts")
+        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER_FAILURE" in reason or "PACKET_LENGTH" in reason:
+            return (f"TLS handshake failed ({reason}): {where} does not speak TLS; use mqtt://{where} "
+                    "or the broker's TLS port (usually 8883)")
+        return f"TLS handshake failed ({reason}); check tls.ca_file and the broker's certificate"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} (check the network, firewall, 4G modem)"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where}: {exc.strerror or exc} (check the network, firewall, 4G modem)"
+    return f"cannot connect to {where}: {exc}"
+
+
+def probe(url: MqttUrl, username: str | None = None, password: str | None = None, tls: TlsFiles | None = None,
+          timeout: float = 5.0) -> str | None:
+    """Try one MQTT connection (blocking). None if the broker accepted it, else why not, in words
+    an installer can act on."""
+    import time as _time
+
+    result: dict = {}
+    # Our client, not plain paho's: it keeps why a read failed (a TLS alert after the handshake).
+    client = _Client(CallbackAPIVersion.VERSION2, client_id=f"poplar-probe-{os.getpid()}", clean_session=True,
+                     on_batch=lambda batch: None)
+    try:
+        _login_and_tls(client, url, username, password, tls)
+    except MqttSetupError as exc:
+        return str(exc)
     client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
+    client.on_disconnect = lambda c, u, f, rc, p: result.setdefault("closed", rc)
     try:
         client.connect(url.host, url.port, keepalive=10)
-    except socket.gaierror:
-        return f"cannot resolve host name {url.host!r} (check the spelling and DNS)"
-    except ConnectionRefusedError:
-        return f"nothing listens on {url.host}:{url.port} (is the broker running? is the port right?)"
-    except ssl.SSLError as exc:
-        return f"TLS handshake failed: {exc.reason or exc} (check ca_file and the broker's certificate)"
     except OSError as exc:
-        return f"cannot reach {url.host}:{url.port}: {exc.strerror or exc} (check the network, firewall, 4G modem)"
+        return connect_error_text(url, exc)
     deadline = _time.monotonic() + timeout
-    while "rc" not in result and _time.monotonic() < deadline:
+    while "rc" not in result and "closed" not in result and _time.monotonic() < deadline:
         client.loop(0.1)
     client.disconnect()
     rc = result.get("rc")
     if rc is None:
+        if client.socket_error is not None:
+            return connect_error_text(url, client.socket_error)
+        if "closed" in result:
+            return _closed_before_connack(url)
         return f"{url.host}:{url.port} accepted TCP but sent no MQTT answer within {timeout:.0f} s (is it an MQTT port?)"
     if rc.is_failure:
         if "not authorized" in str(rc).lower() or "bad user" in str(rc).lower():

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.mqtt import MqttUrl, TlsFiles
+from common.broker_config import BrokerConfig as SharedBrokerConfig
 from common.wire import ID_PATTERN, WIRE_VERSION, WIRE_VERSIONS
 from common.yamlconf import load_model
 
@@ -24,35 +24,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_mqtt_url(value: str) -> str:
-    MqttUrl.parse(value)  # raises ValueError with a plain message
-    return value
-
-
-class TlsConfig(_Strict):
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = Field(False, description="skip certificate checks (testing only)")
-
-    def files(self) -> TlsFiles:
-        return TlsFiles(self.ca_file, self.cert_file, self.key_file, self.insecure)
-
-
-class BrokerConfig(_Strict):
-    url: str = Field(description="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    username: str | None = None
-    password: str | None = None
+class BrokerConfig(SharedBrokerConfig):
     client_id: str | None = None
-    tls: TlsConfig | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_mqtt_url(v)
-
-    def parsed(self) -> MqttUrl:
-        return MqttUrl.parse(self.url)
 
 
 class UplinkConfig(BrokerConfig):

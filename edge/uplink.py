@@ -59,7 +59,7 @@ class Uplink:
         self.mqtt = AsyncMqtt(
             self.ucfg.parsed(), self.ucfg.client_id or f"poplar-edge-{cfg.site}-{cfg.gateway}",
             persistent=True, username=self.ucfg.username, password=self.ucfg.password,
-            tls=self.ucfg.tls.files() if self.ucfg.tls else None,
+            tls=self.ucfg.tls_files(),
             will=(self.state_topic, self._state_payload(False), True),
             max_inflight=max(20, self.ucfg.max_inflight * 2),
         )

@@ -18,6 +18,7 @@ command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)
 if [ "$mode" = dev ]; then
     command -v influxd >/dev/null 2>&1 || need+=(influxdb)
     command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the tests make their own TLS certificates
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

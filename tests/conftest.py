@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics
+from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics, make_test_pki
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -27,6 +29,25 @@ def mosquitto(tmp_path):
 @pytest.fixture
 def central_broker(tmp_path):
     srv = Mosquitto(tmp_path / "central", name="central").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pki():
+    """Test certificates (tests/servers.py Pki), made once per run. Not under pytest's own
+    temporary folders: those are owner-only, and Mosquitto started as root reads its
+    certificates after switching to its own user."""
+    folder = Path(tempfile.mkdtemp(prefix="poplar-test-pki-"))
+    folder.chmod(0o755)
+    yield make_test_pki(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def tls_broker(tmp_path, pki):
+    """Mosquitto with one TLS listener (the broker certificate names 127.0.0.1)."""
+    srv = Mosquitto(tmp_path / "tls-broker", name="tls-broker", extra_conf=pki.listener_conf()).start()
     yield srv
     srv.stop()
 
@@ -112,3 +133,14 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value {last!r})")
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.05) -> None:
+    """wait_for for async tests: poll `predicate` without blocking the event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)

@@ -104,6 +104,62 @@ class Mosquitto(Server):
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        """For a broker started with Pki.listener_conf()."""
+        return f"mqtts://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Test certificates in one folder: ca.crt/key, server.crt/key (127.0.0.1, localhost),
+    named.crt/key (broker.example only), client.crt/key (signed by ca), and other.crt/key (an
+    unrelated CA). `pki.file("ca.crt")` is a file's path."""
+
+    folder: Path
+
+    def file(self, name: str) -> str:
+        return str(self.folder / name)
+
+    def listener_conf(self, server: str = "server", require_certificate: bool = False) -> str:
+        """Mosquitto settings that make the listener before them a TLS one."""
+        return (f"cafile {self.file('ca.crt')}\ncertfile {self.file(server + '.crt')}\n"
+                f"keyfile {self.file(server + '.key')}\n"
+                + ("require_certificate true\n" if require_certificate else ""))
+
+
+def make_test_pki(folder: Path) -> Pki:
+    """Certificates made with the openssl command (Debian's openssl), valid for ten years."""
+    folder.mkdir(parents=True, exist_ok=True)
+    openssl = _find("openssl", "openssl")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
+
+    def key_and_csr(name: str, cn: str) -> None:
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+
+    def sign(name: str, ca: str, san: str | None) -> None:
+        ext = []
+        if san:
+            (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+            ext = ["-extfile", f"{name}.ext"]
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "3650", *ext)
+
+    for ca, cn in (("ca", "Poplar test CA"), ("other", "Some other CA")):
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+            "-days", "3650", "-subj", f"/CN={cn}")
+    key_and_csr("server", "localhost")
+    sign("server", "ca", "IP:127.0.0.1,DNS:localhost")
+    key_and_csr("named", "broker.example")
+    sign("named", "ca", "DNS:broker.example")
+    key_and_csr("client", "gw-01")
+    sign("client", "ca", None)
+    for key in folder.glob("*.key"):  # Mosquitto started as root reads them as its own user
+        key.chmod(0o644)
+    return Pki(folder)
+
 
 class InfluxDB1(Server):
     """Debian's influxd 1.x with its data, WAL and meta folders in the temp folder."""

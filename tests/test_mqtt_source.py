@@ -23,6 +23,7 @@ from edge.mqtt.source import MqttSource
 from edge.profiles import SHIPPED_DIR, ProfileLibrary
 from edge.registry import Device, Registry, Transport
 from simulators import payloads as pl
+from tests.conftest import until
 from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -86,15 +87,6 @@ async def _publisher(url: str) -> AsyncMqtt:
     return pub
 
 
-async def _until(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 NOW = lambda: datetime.now(timezone.utc)  # noqa: E731
 
 
@@ -112,7 +104,7 @@ async def test_registered_gate_events_become_private_tagged_points(tmp_path, mos
         sent.append(payload)
         futs.append(pub.publish_nowait(topic, payload))
     await asyncio.gather(*futs)
-    await _until(lambda: h.metrics.counters["mqtt_messages_committed"] == 40, what="40 committed")
+    await until(lambda: h.metrics.counters["mqtt_messages_committed"] == 40, what="40 committed")
     gate = h.of("gate_event") + h.of("gate_alarm")
     assert len(gate) == 40
     for p in gate:
@@ -153,14 +145,14 @@ async def test_ack_only_after_commit_messages_come_back_after_a_failed_commit(tm
         if "/heartbeat" in topic:
             topic, payload = pl.facegate_message("generic-facegate", "gate-1", random.Random(5), NOW())
         await pub.publish(topic, payload)
-    await _until(lambda: h.metrics.counters["mqtt_commit_errors"] > 0, what="a failed commit")
+    await until(lambda: h.metrics.counters["mqtt_commit_errors"] > 0, what="a failed commit")
     assert h.points == []
     await h.stop()  # killed with the commit still failing: nothing was acknowledged
     # a new agent with the same client id (persistent session) gets every message again
     h2 = Harness(tmp_path / "second", mosquitto.url)
     h2.registry = h.registry
     await h2.start()
-    await _until(lambda: h2.metrics.counters["mqtt_messages_committed"] == 10, what="10 redelivered")
+    await until(lambda: h2.metrics.counters["mqtt_messages_committed"] == 10, what="10 redelivered")
     assert len(h2.of("gate_event") + h2.of("gate_alarm")) == 10
     await h2.stop()
     # and, acknowledged now, they do not come a third time
@@ -187,8 +179,8 @@ async def test_unregistered_devices_are_discovered_not_forwarded(tmp_path, mosqu
         await pub.publish(*pl.elevator_status("lift-1", car, NOW()))
         await pub.publish(*pl.elevator_status("lift-9", car, NOW()))
         await pub.publish(*pl.facegate_message("dahua-vto2mqtt", "DH-SN-77", rng, NOW()))
-    await _until(lambda: h.metrics.counters["mqtt_unregistered"] == 60, what="60 unregistered")
-    await _until(lambda: len(h.registry.discovered()) == 2, timeout=6, what="discovery flushed")
+    await until(lambda: h.metrics.counters["mqtt_unregistered"] == 60, what="60 unregistered")
+    await until(lambda: len(h.registry.discovered()) == 2, timeout=6, what="discovery flushed")
     found = {d["id"]: d for d in h.registry.discovered()}
     assert found["lift-9"]["profile"] == "gbt24476-elevator" and found["lift-9"]["count"] == 30
     assert found["lift-9"]["topic"] == "elevator/lift-9/status"
@@ -202,7 +194,7 @@ async def test_unregistered_devices_are_discovered_not_forwarded(tmp_path, mosqu
     h.registry.forget_discovered("lift-9")
     h.source.reconcile(h.registry.all())
     await pub.publish(*pl.elevator_status("lift-9", car, NOW()))
-    await _until(lambda: h.of("elevator_status", "lift B"), what="lift B forwarded")
+    await until(lambda: h.of("elevator_status", "lift B"), what="lift B forwarded")
     await h.stop()
     await pub.stop()
 
@@ -227,7 +219,7 @@ async def test_heartbeat_timeout_drives_device_health(tmp_path, mosquitto, caplo
     await pub.publish(*pl.elevator_heartbeat("lift-1", rng, NOW(), 10))
     # The state flips when the message is mapped, the point is emitted by the commit task after
     # it: wait for both (waiting for the state alone raced with the commit).
-    await _until(lambda: h.source.state["lift A"]["online"] is True
+    await until(lambda: h.source.state["lift A"]["online"] is True
                  and any("uptime_s" in p.fields for p in h.of("device_health", "lift A")), what="online")
 
     def logged(word: str) -> int:
@@ -238,7 +230,7 @@ async def test_heartbeat_timeout_drives_device_health(tmp_path, mosquitto, caplo
     off0 = len([p for p in h.of("device_health", "lift A") if p.fields["online"] is False])
     hb = [p for p in h.of("device_health", "lift A") if "uptime_s" in p.fields]
     assert hb and hb[0].fields["online"] is True and hb[0].fields["uptime_s"] == 10
-    await _until(lambda: h.source.state["lift A"]["online"] is False, timeout=5, what="offline after silence")
+    await until(lambda: h.source.state["lift A"]["online"] is False, timeout=5, what="offline after silence")
     assert h.source.state["lift never"]["online"] is False  # never heard of: offline too
     off = [p for p in h.of("device_health", "lift A") if p.fields["online"] is False][off0:]
     assert len(off) == 1 and off[0].fields["silent_s"] >= 1
@@ -246,7 +238,7 @@ async def test_heartbeat_timeout_drives_device_health(tmp_path, mosquitto, caplo
     assert len([p for p in h.of("device_health", "lift A") if p.fields["online"] is False]) == off0 + 1
     assert logged("offline") == offline0 + 1
     await pub.publish(*pl.elevator_heartbeat("lift-1", rng, NOW(), 12))
-    await _until(lambda: h.source.state["lift A"]["online"] is True, what="back online")
+    await until(lambda: h.source.state["lift A"]["online"] is True, what="back online")
     assert logged("is online") == online0 + 1
     await h.stop()
     await pub.stop()
@@ -284,9 +276,9 @@ async def test_bad_input_is_counted_logged_once_and_never_blocks_good_devices(tm
     # binary junk on a topic nobody reads, and an elevator status missing everything
     await pub.publish("elevator/lift-bad/status", b'{"registration_code":"lift-bad"}')
     await pub.publish("somewhere/else", b"\xff\xfe")
-    await _until(lambda: len(h.of("gate_event", "good gate")) + len(h.of("gate_alarm", "good gate")) == good_sent,
+    await until(lambda: len(h.of("gate_event", "good gate")) + len(h.of("gate_alarm", "good gate")) == good_sent,
                  what="every good event")
-    await _until(lambda: h.metrics.counters["mqtt_dropped_too_large"] == 3, what="drops counted")
+    await until(lambda: h.metrics.counters["mqtt_dropped_too_large"] == 3, what="drops counted")
     c = h.metrics.counters
     assert c["mqtt_dropped_malformed_json"] >= 12  # 4 x 3, + deep nesting
     assert c["mqtt_dropped_not_utf8"] == 3
@@ -322,9 +314,9 @@ async def test_a_flooding_device_is_limited_and_others_go_through(tmp_path, mosq
             futs.append(pub.publish_nowait(*pl.facegate_message("hikvision-isapi", "gate-calm", rng, NOW())))
             calm += 1
     await asyncio.gather(*futs)
-    await _until(lambda: len(h.of("gate_event", "calm")) + len(h.of("gate_alarm", "calm")) == calm,
+    await until(lambda: len(h.of("gate_event", "calm")) + len(h.of("gate_alarm", "calm")) == calm,
                  what="every calm event")
-    await _until(lambda: h.metrics.counters["mqtt_messages"] >= 1500 + calm, what="all seen")
+    await until(lambda: h.metrics.counters["mqtt_messages"] >= 1500 + calm, what="all seen")
     flood_kept = len(h.of("gate_event", "flood")) + len(h.of("gate_alarm", "flood"))
     dropped = h.metrics.counters["mqtt_dropped_flood"]
     assert dropped > 1000 and flood_kept + dropped == 1500
@@ -346,8 +338,8 @@ async def test_a_backlog_kept_by_the_broker_is_not_a_flood(tmp_path, mosquitto):
                                                     start + timedelta(seconds=2 * i), ms_time=True))
             for i in range(1500)]
     await asyncio.gather(*futs)
-    await _until(lambda: h.metrics.counters["mqtt_messages"] >= 1500, what="all seen")
-    await _until(lambda: len(h.of("gate_event", "busy")) + len(h.of("gate_alarm", "busy")) == 1500,
+    await until(lambda: h.metrics.counters["mqtt_messages"] >= 1500, what="all seen")
+    await until(lambda: len(h.of("gate_event", "busy")) + len(h.of("gate_alarm", "busy")) == 1500,
                  what="every backlog event kept")
     assert h.metrics.counters["mqtt_dropped_flood"] == 0
     await h.stop()
@@ -380,14 +372,14 @@ async def test_a_backlog_is_taken_as_fast_as_it_is_committed_not_all_into_memory
                            for i in range(3000)])
     h.gate = asyncio.Event()  # the outbox is slow: commits wait
     await h.start()
-    await _until(lambda: h.source.mqtt.reading_paused, what="reading paused")
+    await until(lambda: h.source.mqtt.reading_paused, what="reading paused")
     await asyncio.sleep(1.5)
     taken = h.metrics.counters["mqtt_messages"]
     # what it holds: its allowance, plus what the read in progress brought (one read: 256 KB)
     assert 300 <= taken <= 300 + 256 * 1024 // 300, taken
     assert h.source.mqtt.connected.is_set()  # paused, not disconnected
     h.gate.set()
-    await _until(lambda: h.metrics.counters["mqtt_messages_committed"] >= 3000, timeout=30, what="all committed")
+    await until(lambda: h.metrics.counters["mqtt_messages_committed"] >= 3000, timeout=30, what="all committed")
     assert len(h.of("gate_event")) + len(h.of("gate_alarm")) == 3000  # each once
     await asyncio.sleep(1.2)  # the watchdog copies the pauses into the metrics (status.json)
     assert h.metrics.counters["mqtt_read_pauses"] >= 2  # paused again as the backlog went on
@@ -429,7 +421,7 @@ async def test_snapshots_go_to_analytics_only_and_a_failure_costs_no_event(tmp_p
         if "/record" in topic:
             futs.append(pub.publish_nowait(topic, payload))
     await asyncio.gather(*futs)
-    await _until(lambda: h.metrics.counters["mqtt_messages_committed"] == len(futs), what="all committed")
+    await until(lambda: h.metrics.counters["mqtt_messages_committed"] == len(futs), what="all committed")
     an = h.source.analytics
     assert len(an.snapshots) == faces and all(s == pic for s in an.snapshots)
     assert h.metrics.counters["mqtt_enrich_errors"] == 3
@@ -457,8 +449,8 @@ async def test_missing_and_mistyped_fields(tmp_path, mosquitto, caplog):
         await pub.publish("elevator/lift-1/status", json.dumps(
             {"registration_code": "lift-1", "ts": ts, "service_mode": "banana", "car_position": {"a": 1}}).encode())
     await pub.publish(*pl.facegate_message("dahua-vto2mqtt", "DH1", random.Random(1), NOW()))
-    await _until(lambda: h.of("gate_event", "door") or h.of("gate_alarm", "door"), what="the good Dahua event")
-    await _until(lambda: len(h.of("elevator_status", "lift")) == 2, what="mistyped statuses kept")
+    await until(lambda: h.of("gate_event", "door") or h.of("gate_alarm", "door"), what="the good Dahua event")
+    await until(lambda: len(h.of("elevator_status", "lift")) == 2, what="mistyped statuses kept")
     c = h.metrics.counters
     assert c["mqtt_dropped_unknown_message"] == 2 and c["mqtt_dropped_missing_field"] == 2
     assert all("car_floor" not in p.fields and p.fields["service_mode"] == "unknown"

@@ -19,7 +19,7 @@ from common.points import Point, Priority
 from edge.agent import Agent
 from edge.config import EdgeConfig
 from edge.outbox import Outbox
-from tests.conftest import run_cli, wait_for
+from tests.conftest import run_cli, until, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +41,6 @@ def _edge_cfg(tmp_path, central_broker, **uplink) -> EdgeConfig:
                       uplink={"url": central_broker.url, "ack_timeout_s": 5, **uplink}, health_interval_s=3600)
 
 
-async def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_every_batch_delivered_twice_influx_holds_each_point_once(tmp_path, central_broker, influx,
                                                                        influx_db, spawn):
     collector = _collector(tmp_path, central_broker, influx, influx_db, spawn)
@@ -64,7 +56,7 @@ async def test_every_batch_delivered_twice_influx_holds_each_point_once(tmp_path
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        await _wait(lambda: agent.outbox._db is not None, 10, "the outbox to open")
+        await until(lambda: agent.outbox._db is not None, 10, "the outbox to open")
         tags = {"site": SITE, "gateway": GW, "device": "gate-1"}
         same_ms = 1_795_000_000_123_000_000
         # 5 x 1000 gate events, all stamped in the same millisecond: they must stay 5000 points.
@@ -73,7 +65,7 @@ async def test_every_batch_delivered_twice_influx_holds_each_point_once(tmp_path
                               for i in range(1000)])
         await agent.emit([Point("meter", {**tags, "device": f"m{i}"}, {"v": float(i)}, time.time_ns(),
                                 Priority.TELEMETRY) for i in range(300)])
-        await _wait(lambda: agent.outbox.rows == 0 and up.in_flight == 0, 30, "every batch acked")
+        await until(lambda: agent.outbox.rows == 0 and up.in_flight == 0, 30, "every batch acked")
         await asyncio.sleep(1.0)  # let the second copies' acks arrive
         c = agent.metrics.counters
         assert c["uplink_stale_acks"] >= c["uplink_batches_acked"] > 5, dict(c)  # every duplicate was acked, harmlessly
@@ -103,7 +95,7 @@ async def test_live_points_go_out_promptly_while_a_backlog_drains(tmp_path, cent
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        await _wait(lambda: agent.uplink.connected and agent.metrics.counters["uplink_batches_acked"] > 0, 20,
+        await until(lambda: agent.uplink.connected and agent.metrics.counters["uplink_batches_acked"] > 0, 20,
                     "the drain to start")
         lat = []
         for i in range(5):
@@ -116,7 +108,7 @@ async def test_live_points_go_out_promptly_while_a_backlog_drains(tmp_path, cent
         assert backlog_left > 10_000, "the backlog must still be draining, or this measured nothing"
         # Each live point is in InfluxDB within a couple of collector round trips, not after the backlog.
         assert max(lat) < 3.0, lat
-        await _wait(lambda: agent.outbox.rows == 0, 60, "the backlog to drain")
+        await until(lambda: agent.outbox.rows == 0, 60, "the backlog to drain")
         assert influx.count("meter", influx_db, "seq", "WHERE device = 'old'") == 150_000
     finally:
         stop.set()
@@ -140,19 +132,19 @@ async def test_the_edge_sends_its_configured_wire_version_and_influxdb_gets_the_
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        await _wait(lambda: agent.outbox._db is not None, 10, "the outbox to open")
+        await until(lambda: agent.outbox._db is not None, 10, "the outbox to open")
         now = time.time_ns()
         tags = {"site": SITE, "gateway": GW, "building": "5幢"}
         await agent.emit([Point("meter", {**tags, "device": f"{i % 3}号电表"},
                                 {"voltage": 220.25 + i, "seq": i, "ok": i % 2 == 0}, now + i) for i in range(200)]
                          + [Point("gate_event", {**tags, "device": "东门"}, {"event": "通行", "n": 1}, now)])
-        await _wait(lambda: agent.outbox.rows == 0 and agent.uplink.in_flight == 0, 30, "every batch acked")
+        await until(lambda: agent.outbox.rows == 0 and agent.uplink.in_flight == 0, 30, "every batch acked")
         rows = influx.rows("SELECT voltage, seq, ok, device FROM meter", influx_db)
         assert [(r["time"], r["voltage"], r["seq"], r["ok"], r["device"]) for r in rows] == \
             [(now + i, 220.25 + i, i, i % 2 == 0, f"{i % 3}号电表") for i in range(200)]
         assert influx.rows("SELECT event, n FROM gate_event", influx_db)[0] | {"time": 0} == \
             {"time": 0, "event": "通行", "n": 1}
-        await _wait(lambda: len(seen) >= 5, 5, "the spy to see the batches")
+        await until(lambda: len(seen) >= 5, 5, "the spy to see the batches")
         assert set(seen) == {version}  # the clock probe too
     finally:
         stop.set()

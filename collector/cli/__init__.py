@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
+from common.broker_config import tls_section
 from common.cli import fail, load_config_or_fail, print_json, run_until_signal, table
 from common.logs import setup_logging
 from common.mqtt import MqttUrl
@@ -35,7 +36,7 @@ def load_config(path: str | None) -> cconfig.CollectorConfig:
 @app.command("init")
 def init(
     config: ConfigOpt = None,
-    broker: Annotated[str, typer.Option(help="central broker, mqtt://HOST:PORT")] = ...,
+    broker: Annotated[str, typer.Option(help="central broker, mqtt://HOST:PORT or mqtts://HOST:PORT")] = ...,
     influx_url: Annotated[str, typer.Option(help="InfluxDB base URL, http://HOST:8086")] = ...,
     sink: Annotated[str, typer.Option(help="influxdb1 (HTTP /write) or influxdb2 (/api/v2/write)")] = "influxdb1",
     database: Annotated[Optional[str], typer.Option(help="InfluxDB 1.x database")] = None,
@@ -45,6 +46,10 @@ def init(
     state_dir: Annotated[Optional[str], typer.Option(help="folder for the gateway registry (default: beside the config)")] = None,
     username: Annotated[Optional[str], typer.Option(help="broker user")] = None,
     password: Annotated[Optional[str], typer.Option(help="broker password")] = None,
+    ca_file: Annotated[Optional[str], typer.Option(
+        help="PEM file of the CA that signed the broker's certificate, for mqtts:// (default: the system's CAs)")] = None,
+    cert_file: Annotated[Optional[str], typer.Option(help="the collector's client certificate (PEM)")] = None,
+    key_file: Annotated[Optional[str], typer.Option(help="its private key (PEM)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing config")] = False,
 ) -> None:
     """Write a working collector config."""
@@ -66,12 +71,18 @@ def init(
         sink_doc = {"type": "influxdb2", "url": influx_url, "org": org, "bucket": bucket, "token": token}
     else:
         fail(f"--sink {sink!r}: use influxdb1 or influxdb2", 2)
+    try:
+        tls = tls_section(ca_file, cert_file, key_file, "--")
+    except ValueError as exc:
+        fail(str(exc), 2)
     if path.exists() and not force:
         fail(f"{path} already exists; use --force to overwrite it")
     doc = {"broker": {"url": broker}, "sink": sink_doc,
            "state_dir": str(Path(state_dir).resolve()) if state_dir else str(path.resolve().parent / "collector-state")}
     if username:
         doc["broker"].update(username=username, password=password or "")
+    if tls:
+        doc["broker"]["tls"] = tls
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Poplar collector config, written by poplar-collector init. "
                     "Every setting: configs/collector.example.yaml\n"

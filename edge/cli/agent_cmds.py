@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
+from common.broker_config import tls_section
 from common.cli import fail, print_json, run_until_signal, table
 from common.logs import setup_logging
 from common.mqtt import MqttUrl
@@ -36,6 +37,10 @@ def init(
     uplink: Annotated[str, typer.Option(help="central broker, mqtt://HOST:PORT or mqtts://HOST:PORT")] = ...,
     uplink_username: Annotated[Optional[str], typer.Option(help="per-gateway user on the central broker")] = None,
     uplink_password: Annotated[Optional[str], typer.Option(help="its password")] = None,
+    uplink_ca_file: Annotated[Optional[str], typer.Option(
+        help="PEM file of the CA that signed the central broker's certificate (default: the system's CAs)")] = None,
+    uplink_cert_file: Annotated[Optional[str], typer.Option(help="this gateway's client certificate (PEM)")] = None,
+    uplink_key_file: Annotated[Optional[str], typer.Option(help="its private key (PEM)")] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing config")] = False,
 ) -> None:
     """Write a working edge config (and create the state folder)."""
@@ -50,6 +55,10 @@ def init(
             MqttUrl.parse(value)
         except ValueError as exc:
             fail(f"{name} {value!r}: {exc}", 2)
+    try:
+        tls = tls_section(uplink_ca_file, uplink_cert_file, uplink_key_file, "--uplink-")
+    except ValueError as exc:
+        fail(str(exc), 2)
     if path.exists() and not force:
         fail(f"{path} already exists; use --force to overwrite it", 1)
     doc: dict = {"site": site, "gateway": gateway, "state_dir": str(Path(state_dir).resolve())}
@@ -59,6 +68,8 @@ def init(
     if uplink_username:
         doc["uplink"]["username"] = uplink_username
         doc["uplink"]["password"] = uplink_password or ""
+    if tls:
+        doc["uplink"]["tls"] = tls
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Poplar edge config, written by poplar-edge init. Every setting: configs/edge.example.yaml\n"
                     + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")

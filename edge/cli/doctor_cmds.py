@@ -91,11 +91,11 @@ def run_checks(config: str | None) -> list[Check]:
 
     if cfg.local_broker:
         why = probe(cfg.local_broker.parsed(), cfg.local_broker.username, cfg.local_broker.password,
-                    cfg.local_broker.tls.files() if cfg.local_broker.tls else None, timeout=3)
+                    cfg.local_broker.tls_files(), timeout=3)
         checks.append(Check("box broker", why is None, why or f"{cfg.local_broker.url} accepts connections",
                             "" if why is None else "start Mosquitto on the box: systemctl enable --now mosquitto"))
     u = cfg.uplink
-    why = probe(u.parsed(), u.username, u.password, u.tls.files() if u.tls else None, timeout=5)
+    why = probe(u.parsed(), u.username, u.password, u.tls_files(), timeout=5)
     checks.append(Check("uplink", why is None, why or f"{u.url} accepts our login",
                         "" if why is None else "points wait in the outbox until the uplink works; "
                                                "ask central IT for the address and credentials"))

@@ -554,7 +554,7 @@ class MqttSource:
             self.reconcile(self.registry.all())
         self.mqtt = AsyncMqtt(lb.parsed(), self.client_id(), persistent=True, manual_ack=True,
                               username=lb.username, password=lb.password,
-                              tls=lb.tls.files() if lb.tls else None, max_inflight=1000,
+                              tls=lb.tls_files(), max_inflight=1000,
                               max_unacked=self.max_held)
         self.mqtt.on_messages(self._on_messages)
         self.mqtt.on_connection_change = self._connection_changed
