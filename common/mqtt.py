@@ -174,6 +174,8 @@ class _Client(paho.Client):
             # control). Back to paho's loop now and then, for acks, publishes and keep-alive.
             # We are called because bytes are waiting: the broker is alive, even though its
             # PINGRESP stays unread for now, so paho's keep-alive must not drop the connection.
+            # The cost: a broker that hangs without closing is noticed only when reading resumes
+            # (docs/profiles-mqtt.md, "Flow control"); what was not acked comes again.
             with self._msgtime_mutex:
                 self._last_bytes_received = paho.time_func()
             return MQTTErrorCode.MQTT_ERR_AGAIN
@@ -428,7 +430,8 @@ class AsyncMqtt:
         assert self._loop is not None, "start() first"
         fut = self._loop.create_future()
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or (qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS):
+            # paho queues QoS 1 while disconnected, but drops QoS 0 (and never reports it)
             fut.set_exception(ConnectionError(f"publish failed: {paho.error_string(info.rc)}"))
             return fut
         with self._lock:
@@ -450,7 +453,13 @@ class AsyncMqtt:
 
     async def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> None:
         """Subscribe now and wait for the broker's answer; before the connection is up, the
-        topic is subscribed on connecting (and on every reconnect) and this returns at once."""
+        topic is subscribed on connecting (and on every reconnect) and this returns at once.
+
+        With manual_ack, at most QoS 1: paho answers a QoS 2 PUBLISH at once (PUBREC), and the
+        broker then forgets the message before the app has it safe. At QoS 1 the broker hands
+        QoS 2 publishes over as QoS 1, and sends them again until ack()."""
+        if self._client._manual_ack:
+            qos = min(qos, 1)
         with self._lock:  # the same lock as _on_connect: each topic is sent by one or the other
             self._subs[topic] = qos
             if not self._online or self._loop is None:

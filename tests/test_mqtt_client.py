@@ -4,12 +4,15 @@ what was acked, on the connection it came from, and paho's own path still works 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import uuid
 
 import pytest
 
 from common.mqtt import AsyncMqtt, Message, MqttUrl
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -52,19 +55,23 @@ class Connections:
     """Counts a client's (re)connections, so a test can wait for the next one."""
 
     def __init__(self, client: AsyncMqtt) -> None:
-        self.client, self.ups = client, 0
+        self.client, self.ups, self.downs = client, 0, 0
         self._changed = asyncio.Event()
         client.on_connection_change = self._on
 
     def _on(self, up: bool) -> None:
         self.ups += up
+        self.downs += not up
         self._changed.set()
+
+    def drop(self) -> None:
+        self.client._client._sock.shutdown(socket.SHUT_RDWR)
 
     async def drop_and_wait(self, timeout: float = 15) -> None:
         """Cut the TCP connection under paho, as a flaky network does, and wait until paho has
         reconnected by itself."""
         before = self.ups
-        self.client._client._sock.shutdown(socket.SHUT_RDWR)
+        self.drop()
         async with asyncio.timeout(timeout):
             while self.ups == before:
                 self._changed.clear()
@@ -194,7 +201,10 @@ def test_an_ack_from_an_earlier_connection_is_never_sent_on_a_later_one(mosquitt
     asyncio.run(scenario())
 
 
-def test_qos2_goes_through_paho_and_its_manual_ack(mosquitto):
+def test_qos2_with_manual_ack_is_taken_at_qos1_and_delivered_again_until_acked(mosquitto):
+    # paho answers a QoS 2 PUBLISH with PUBREC at once; the broker would then forget the message
+    # before the app had it safe. So manual-ack subscriptions are QoS 1 at most: QoS 2 publishes
+    # arrive as QoS 1 and come again, after a restart, until acked.
     async def scenario():
         sub = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
         inbox = Inbox(sub)
@@ -205,16 +215,163 @@ def test_qos2_goes_through_paho_and_its_manual_ack(mosquitto):
             await pub.publish(f"lift/{i}", f"floor {i}".encode(), qos=2)
             await pub.publish(f"lift/{i}/q1", b"status", qos=1)
         got = await inbox.wait(10)
-        assert sorted(m.payload for m in got if m.qos == 2) == [f"floor {i}".encode() for i in range(5)]
-        sub.ack_many(got)
+        assert {m.qos for m in got} == {1}
+        await sub.stop()  # nothing acked: the app stopped before its commit
+        back = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
+        inbox2 = Inbox(back)
+        assert await back.start()
+        again = await inbox2.wait(10)
+        assert sorted(m.payload for m in again) == sorted(m.payload for m in got)
+        back.ack_many(again)
+        await asyncio.sleep(0.5)
+        await back.stop()
+        third = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
+        inbox3 = Inbox(third)
+        assert await third.start()
+        assert await inbox3.quiet(1.0) == []
+        await third.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_qos2_without_manual_ack_goes_through_paho(mosquitto):
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "plain2")
+        inbox = Inbox(sub)
+        await sub.subscribe("lift/#", qos=2)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        for i in range(5):
+            await pub.publish(f"lift/{i}", f"floor {i}".encode(), qos=2)
+        got = await inbox.wait(5)
+        assert [(m.qos, m.payload) for m in got] == [(2, f"floor {i}".encode()) for i in range(5)]
+        await sub.stop()
+        await pub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_qos0_publish_while_disconnected_fails_at_once(mosquitto):
+    # paho queues QoS 1 while disconnected but drops QoS 0 without a word; waiting for it would
+    # hang for ever.
+    async def scenario():
+        client = AsyncMqtt(MqttUrl("127.0.0.1", free_port()), "nobody")  # nothing listens
+        assert not await client.start(wait=0.5)
+        fut = client.publish_nowait("x/y", b"z", qos=0)
+        assert fut.done() and isinstance(fut.exception(), ConnectionError)
+        queued = client.publish_nowait("x/y", b"z", qos=1)
+        assert not queued.done()  # QoS 1 waits for the connection
+        await client.stop()
+
+    asyncio.run(scenario())
+
+
+async def _gate_stream(broker, client_id: str, n: int, **client_kw):
+    """A manual-ack subscriber to gate/# and a publisher that has sent it n QoS 1 messages."""
+    sub = AsyncMqtt(_url(broker), client_id, persistent=True, manual_ack=True, **client_kw)
+    inbox, link = Inbox(sub), Connections(sub)
+    await sub.subscribe("gate/#", qos=1)
+    assert await sub.start()
+    pub = await _publisher(broker)
+    for i in range(n):
+        await pub.publish(f"gate/{i}", str(i).encode(), qos=1)
+    return sub, inbox, link, pub
+
+
+def test_keep_alive_notices_a_hung_broker(mosquitto):
+    # The broker hangs (SIGSTOP: no PINGRESP, no FIN, as a dead host or a cut 4G link): paho's
+    # keep-alive, through the bulk reader, notices within about 1.5 keep-alives.
+    async def scenario():
+        sub, inbox, link, pub = await _gate_stream(mosquitto, "edge-hung", 30, keepalive=1)
+        await inbox.wait(30)
+        os.kill(mosquitto.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(80):  # 8 s: eight keep-alive periods
+                if link.downs:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(mosquitto.proc.pid, signal.SIGCONT)
+        noticed = link.downs
+        await pub.stop()
+        await sub.stop()
+        assert noticed, "the hung broker was never noticed"
+
+    asyncio.run(scenario())
+
+
+def test_a_read_pause_does_not_drop_the_connection_by_keep_alive(mosquitto):
+    # While reading is paused (the outbox cannot commit: maybe minutes), paho's PINGRESP stays
+    # unread behind the backlog; the connection must stay up all the same.
+    async def scenario():
+        sub, inbox, link, pub = await _gate_stream(mosquitto, "edge-ka", 30, max_unacked=10, keepalive=1)
+        got = await inbox.wait(10)
+        assert sub.reading_paused
+        await asyncio.sleep(5)  # five keep-alive periods, paused
+        downs, gen = link.downs, sub._client.generation
+        sub.ack_many(list(got))
+        await inbox.wait(20)  # the outbox is back: the rest flows
+        await pub.stop()
+        await sub.stop()
+        assert downs == 0 and gen == 1, f"{downs} disconnects, {gen} connections while paused"
+
+    asyncio.run(scenario())
+
+
+def test_reading_resumes_after_a_reconnect_during_a_pause(mosquitto):
+    # Paused, the connection drops; once the app acks what it holds (of the dead connection),
+    # reading resumes, the CONNACK is read and the backlog flows; acked means gone.
+    async def scenario():
+        sub, inbox, link, pub = await _gate_stream(mosquitto, "edge-pr", 100, max_unacked=10)
+        await inbox.wait(10)
+        assert sub.reading_paused
+        link.drop()
+        await asyncio.sleep(2.5)  # paho reconnects; its CONNACK waits behind the pause
+        acked = 0
+        async with asyncio.timeout(30):
+            while True:
+                todo = inbox.msgs[acked:]
+                acked = len(inbox.msgs)
+                sub.ack_many(todo)
+                if len({m.payload for m in inbox.msgs}) == 100 and not sub._client._out_packet:
+                    break
+                await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
         await sub.stop()
-        back = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
+        back = AsyncMqtt(_url(mosquitto), "edge-pr", persistent=True, manual_ack=True)
         inbox2 = Inbox(back)
         assert await back.start()
         assert await inbox2.quiet(1.0) == []
         await back.stop()
         await pub.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [4 * 1024 * 1024 + 3, 9_000_000, 30_000_000])
+def test_packets_larger_than_one_read_cap(mosquitto, size):
+    # One read takes at most 4 MB (16 x 256 KB); bigger packets are put together over many reads.
+    async def scenario():
+        sub = AsyncMqtt(_url(mosquitto), "big", manual_ack=True, persistent=True, max_unacked=2)
+        inbox = Inbox(sub)
+        await sub.subscribe("big/#", qos=1)
+        assert await sub.start()
+        pub = await _publisher(mosquitto)
+        payloads = [bytes([i]) * (size + i) for i in range(3)]
+        for i, p in enumerate(payloads):
+            pub.publish_nowait(f"big/{i}", p, qos=1)
+            pub.publish_nowait(f"big/s{i}", b"small", qos=1)
+        got: list[Message] = []
+        async with asyncio.timeout(60):
+            while len(got) < 6:
+                await inbox.wait(len(got) + 1)
+                new = inbox.msgs[len(got):]
+                got += new
+                sub.ack_many(new)
+        assert [m.payload for m in got] == [x for p in payloads for x in (p, b"small")]
+        await pub.stop()
+        await sub.stop()
 
     asyncio.run(scenario())
 
