@@ -43,7 +43,7 @@ from common.mqtt import AsyncMqtt, Message
 from common.points import Point, Priority
 from collector.config import CollectorConfig
 from collector.gateways import Gateways
-from collector.sinks import Sink, SinkUnavailable, WriteResult, make_sink
+from collector.sinks import BodyTooLarge, Sink, SinkUnavailable, WriteResult, make_sink
 from collector.validate import LineMaker, authorise
 
 log = logging.getLogger(__name__)
@@ -340,17 +340,36 @@ class Collector:
             return result
         raise AssertionError("unreachable")
 
+    async def _write_lines(self, lines: list[bytes]) -> WriteResult:
+        """Write `lines`; a body InfluxDB finds too large (its max-body-size) goes in halves, and
+        a single line that is still too large is refused (counted, never retried for ever)."""
+        try:
+            return await self._write(body_of(lines), len(lines))
+        except BodyTooLarge as exc:
+            if len(lines) == 1:
+                return WriteResult(0, 1, f"one point is larger than InfluxDB takes: {exc}")
+            self.counters["sink_splits"] += 1
+            self._log_once("sink-split", logging.WARNING, "%s; writing in smaller parts (raise InfluxDB's "
+                           "[http] max-body-size, or lower write.max_points)", exc)
+            half = len(lines) // 2
+            a, b = await self._write_lines(lines[:half]), await self._write_lines(lines[half:])
+            return WriteResult(a.written + b.written, a.refused + b.refused, a.detail or b.detail,
+                               a.seconds + b.seconds)
+
     async def _write_group(self, group: Group) -> None:
         items = [it for it in group.items if it.lines]
         results: dict[int, WriteResult] = {}
         if items:
             try:
-                res = await self._write(group.body, group.points)
-                if res.refused and len(items) > 1:
+                try:
+                    res: WriteResult | None = await self._write(group.body, group.points)
+                except BodyTooLarge:  # past InfluxDB's max-body-size: batch by batch, in halves
+                    res = None
+                if res is None or (res.refused and len(items) > 1):
                     # InfluxDB dropped some points (a field type conflict) and does not say whose:
                     # write batch by batch (same points, same identity: harmless) to attribute them.
                     for it in items:
-                        results[id(it)] = await self._write(body_of(it.lines), len(it.lines))
+                        results[id(it)] = await self._write_lines(it.lines)
                 else:
                     for it in items:
                         results[id(it)] = res

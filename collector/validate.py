@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from common.lineprotocol import escape_key, escape_string_field, format_float, series_head, tag_problem
+from common.lineprotocol import escape_key, escape_string_field, format_float, is_utf8, series_head, tag_problem
 from common.points import MEASUREMENTS, Point
 from common.wire import Batch, NotColumnar, RawBatch, columnar, row_item
 from collector.config import Limits
@@ -81,6 +81,8 @@ def _check_tags(measurement: str, tags: dict, site: str, gateway: str, limits: L
             return "bad_tag"
         if len(k) > limits.max_string_len or len(v) > limits.max_string_len:
             return "string_too_long"
+        if k == "time":  # InfluxDB refuses a tag key `time`
+            return "reserved_key"
         problem = tag_problem(k) or (tag_problem(v) if v else None)
         if problem:
             return "control_character_in_tag" if problem == "control_character" else (
@@ -93,9 +95,14 @@ def _check_field_key(k: object, limits: Limits) -> str | None:
         return "bad_field"
     if len(k) > limits.max_string_len:
         return "string_too_long"
+    if k == "time":  # InfluxDB 1.x would answer 204 and store the point without it
+        return "reserved_key"
+    if '\\"' in k:  # InfluxDB 1.x reads \" in a field key as a plain quote: the key would change
+        return "field_key_unrepresentable"
     problem = tag_problem(k)
     if problem:
-        return "control_character_in_field_key" if problem == "control_character" else "bad_field"
+        return {"control_character": "control_character_in_field_key",
+                "invalid_unicode": "invalid_unicode"}.get(problem, "bad_field")
     return None
 
 
@@ -234,6 +241,8 @@ class LineMaker:
             elif t is str:
                 if len(val) > max_len:
                     return "!string_too_long"
+                if not val.isprintable() and not is_utf8(val):
+                    return "!invalid_unicode"
                 if esc_nl and ("\n" in val or "\r" in val):
                     val = val.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
                     out.append(ek + '"' + val.replace('"', '\\"') + '"')

@@ -45,9 +45,22 @@ def tag_problem(text: str) -> str | None:
             if text[i + 1] in "\\,= ":
                 return "tag_unrepresentable"
             i = text.find("\\", i + 1)
-    if not text.isprintable() and any(ord(c) < 32 or c == "\x7f" for c in text):
-        return "control_character"
+    if not text.isprintable():
+        if any(ord(c) < 32 or c == "\x7f" for c in text):
+            return "control_character"
+        if not is_utf8(text):
+            return "invalid_unicode"
     return None
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding a lone surrogate (JSON's "\\ud800" decodes to one): it has no
+    UTF-8 form, so it can be neither written to InfluxDB nor stored as it came."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def escape_measurement(name: str) -> str:

@@ -22,6 +22,11 @@ class SinkUnavailable(Exception):
     """The sink cannot take writes now (down, overloaded, 5xx): do not ack; the edge resends."""
 
 
+class BodyTooLarge(Exception):
+    """The sink refuses a body this large (HTTP 413, InfluxDB's max-body-size): retrying the
+    same body never helps; write it in parts."""
+
+
 @dataclass
 class WriteResult:
     written: int

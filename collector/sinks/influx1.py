@@ -15,9 +15,11 @@ import re
 import httpx
 
 from collector.config import Influx1Sink as Influx1Config
-from collector.sinks import Sender, SinkUnavailable, WriteResult, body_bytes
+from collector.sinks import BodyTooLarge, Sender, SinkUnavailable, WriteResult, body_bytes
 
-_DROPPED = re.compile(r"dropped=(\d+)")
+# InfluxDB puts its own count last; the message before it quotes field names and values as
+# they came (a field named "dropped=0" must not be read as the count).
+_DROPPED = re.compile(r"dropped=(\d+)\W*$")
 
 
 class Influx1Sink:
@@ -51,6 +53,9 @@ class Influx1Sink:
             m = _DROPPED.search(text)
             dropped = int(m.group(1)) if m else 1
             return WriteResult(max(0, count - dropped), dropped, text[:500], took)
+        if r.status_code == 413:
+            raise BodyTooLarge(f"InfluxDB refused a {len(lines):,}-byte write as too large (413, its "
+                               f"max-body-size): {text[:200]}")
         if r.status_code == 404 and "database not found" in text:
             raise SinkUnavailable(f"InfluxDB database {self.cfg.database!r} does not exist; "
                                   "run `poplar-collector init-db`")

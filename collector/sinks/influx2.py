@@ -17,9 +17,11 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from collector.config import Influx2Sink as Influx2Config
-from collector.sinks import Sender, SinkUnavailable, WriteResult, body_bytes
+from collector.sinks import BodyTooLarge, Sender, SinkUnavailable, WriteResult, body_bytes
 
-_DROPPED = re.compile(r"dropped=(\d+)")
+# InfluxDB puts its own count last; the message before it quotes field names and values as
+# they came (a field named "dropped=0" must not be read as the count).
+_DROPPED = re.compile(r"dropped=(\d+)\W*$")
 
 
 class Influx2Sink:
@@ -44,6 +46,9 @@ class Influx2Sink:
                 raise SinkUnavailable(f"InfluxDB at {self.cfg.url} refused the token ({status}): check "
                                       "sink.token and that it may write to bucket "
                                       f"{self.cfg.bucket!r} of org {self.cfg.org!r}") from None
+            if status == 413:
+                raise BodyTooLarge(f"InfluxDB refused a {len(lines):,}-byte write as too large (413): "
+                                   f"{text[:200]}") from None
             if status == 404:
                 raise SinkUnavailable(f"InfluxDB at {self.cfg.url} has no bucket {self.cfg.bucket!r} in org "
                                       f"{self.cfg.org!r} (404): create it, or fix sink.bucket / sink.org") from None
@@ -55,6 +60,8 @@ class Influx2Sink:
                 # The whole body was refused: retrying will not help.
                 return WriteResult(0, count, text[:500])
             raise SinkUnavailable(f"InfluxDB answered {status}: {text[:300]}") from None
+        except BodyTooLarge:
+            raise
         except Exception as exc:  # connection refused, timeout (urllib3 errors)
             raise SinkUnavailable(f"InfluxDB at {self.cfg.url} unreachable: {exc.__class__.__name__}: "
                                   f"{str(exc)[:200]}") from None
