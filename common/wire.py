@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from common.lineprotocol import is_utf8
 from common.points import Point
 
 #: The batch version the edge sends by default; the collector accepts every one of WIRE_VERSIONS.
@@ -341,4 +342,10 @@ def point_json(point: Point) -> str:
     else:
         if b"null" not in out:
             return out.decode()
-    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    out_text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if out_text.isascii() or out_text.isprintable() or is_utf8(out_text):
+        return out_text
+    # A lone surrogate (a source's "\ud800" escape) has no UTF-8 form: keep it escaped, so the
+    # outbox can store the point and the collector refuses it by name (invalid_unicode).
+    return json.dumps(item, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+

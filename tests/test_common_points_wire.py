@@ -222,3 +222,19 @@ def test_point_json_refuses_nan_and_infinities_and_keeps_everything_else_exact()
     assert json.loads(wire.point_json(odd)) == odd.to_wire()  # the stdlib's path, the same content
     plain = Point("meter", {**tags, "device": "5幢电表"}, {"voltage": 220.5, "count": 3}, 9)
     assert wire.point_json(plain) == orjson.dumps(plain.to_wire()).decode()  # the fast path
+
+
+def test_point_json_is_always_utf8_even_for_a_lone_surrogate():
+    # A source that let a "\ud800" escape through must not make the outbox fail (SQLite stores
+    # UTF-8): the point is stored escaped, and the collector refuses it by name.
+    tags = {"site": "s", "gateway": "g", "device": "5幢"}
+    p = Point("gate_event", tags, {"raw_method": "face\ud800", "note": "行\n"}, 7)
+    text = wire.point_json(p)
+    assert text.encode() and "\\ud800" in text and "5幢" not in text  # escaped, all of it
+    assert json.loads(text) == p.to_wire()
+    from collector.config import Limits
+    from collector.validate import LineMaker
+    v = LineMaker(Limits()).check_items("s", "g", [json.loads(text)], 7)
+    assert dict(v.refused) == {"invalid_unicode": 1} and not v.lines
+    fine = Point("gate_event", tags, {"note": "行\n"}, 7)
+    assert "5幢" in wire.point_json(fine)  # only such points are escaped

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.points import Priority
+from common.wire import point_json
 from edge.mqtt.mapper import MapError, device_id_of, map_message, match_topic
 from edge.mqtt.profile import load_mqtt_profile
 from edge.privacy import Privacy
@@ -184,6 +185,22 @@ def test_gzip_payload_accepted_when_profile_says_so():
     with pytest.raises(MapError) as e:
         run(HIK, "hikvision/g/event", gzip.compress(hik(5, 75)))
     assert e.value.reason == "not_utf8"
+
+
+@pytest.mark.parametrize("profile, topic, payload", [
+    (HIK, "hikvision/g/event", hik(5, 75, employeeNoString="1", currentVerifyMode="face\ud800")),
+    (GEN, "facegate/fc1/record", json.dumps({"SN": "x", "RecordType": 1, "RecordDate": 1709251200,
+                                              "CardNum": "5\udc00", "IsEntry": 1}).encode()),
+])
+def test_a_lone_surrogate_escape_is_not_text(profile, topic, payload):
+    # "\ud800" alone is valid JSON but has no UTF-8 form: mapped, it could be neither committed to
+    # the outbox (SQLite text) nor written to InfluxDB. Dropped like invalid UTF-8 bytes.
+    assert b"\\ud800" in payload or b"\\udc00" in payload
+    with pytest.raises(MapError) as e:
+        run(profile, topic, payload)
+    assert e.value.reason == "not_utf8"
+    pair = payload.replace(b"\\ud800", b"\\ud83d\\ude00").replace(b"\\udc00", b"\\ud83d\\ude00")
+    assert all(point_json(p).encode() for p in run(profile, topic, pair).points)  # an emoji is fine
 
 
 # --- elevators -----------------------------------------------------------------------------------

@@ -531,11 +531,22 @@ def _json(data: bytes) -> object:
     except UnicodeDecodeError as exc:
         raise MapError("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except RecursionError:
         raise MapError("malformed_json", "nested too deeply") from None
     except ValueError as exc:
         raise MapError("malformed_json", str(exc)[:120]) from None
+    if _SURROGATE_ESCAPE.search(text):
+        # "\ud800" alone is valid JSON but no text: it has no UTF-8 form, so it could be neither
+        # stored in the outbox nor written to InfluxDB (a proper pair, an emoji, is fine).
+        try:
+            json.dumps(doc, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise MapError("not_utf8", "a \\uD800-\\uDFFF escape without its pair") from None
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _check(raw: object) -> None:
