@@ -45,6 +45,21 @@ class Inbox:
         return self.msgs
 
 
+async def resume_session(url: MqttUrl, client_id: str, **client_kw) -> tuple[AsyncMqtt, Inbox]:
+    """Another connection of a persistent session: what the broker kept for it arrives."""
+    client = AsyncMqtt(url, client_id, persistent=True, **client_kw)
+    inbox = Inbox(client)
+    assert await client.start()
+    return client, inbox
+
+
+async def assert_nothing_kept(url: MqttUrl, client_id: str, **client_kw) -> None:
+    """The broker holds nothing more for this session: every message was acknowledged."""
+    client, inbox = await resume_session(url, client_id, **client_kw)
+    assert await inbox.quiet(1.0) == []
+    await client.stop()
+
+
 async def _publisher(broker) -> AsyncMqtt:
     pub = AsyncMqtt(_url(broker), f"pub-{uuid.uuid4().hex[:6]}")
     assert await pub.start()
@@ -126,11 +141,7 @@ def test_retained_flag_and_auto_ack_without_manual_ack(mosquitto):
         await inbox.wait(51)
         await sub.stop()
         # Acked automatically: a new session of the same client gets nothing again but the retained state.
-        again = AsyncMqtt(_url(mosquitto), "sub-auto", persistent=True)
-        inbox2 = Inbox(again)
-        assert await again.start()
-        assert [m.topic for m in await inbox2.quiet(1.0)] == []
-        await again.stop()
+        await assert_nothing_kept(_url(mosquitto), "sub-auto")
         await pub.stop()
 
     asyncio.run(scenario())
@@ -151,9 +162,7 @@ def test_only_acknowledged_messages_are_not_delivered_again(mosquitto):
         await asyncio.sleep(0.5)
         await sub.stop()
 
-        back = AsyncMqtt(_url(mosquitto), "edge", persistent=True, manual_ack=True)
-        inbox2 = Inbox(back)
-        assert await back.start()
+        back, inbox2 = await resume_session(_url(mosquitto), "edge", manual_ack=True)
         expected = {i for i in range(300) if i % 3 and i != 1}
         again = await inbox2.wait(len(expected))
         assert {int(m.payload) for m in again} == expected
@@ -161,11 +170,7 @@ def test_only_acknowledged_messages_are_not_delivered_again(mosquitto):
         back.ack_many(again)
         await asyncio.sleep(0.5)
         await back.stop()
-        last = AsyncMqtt(_url(mosquitto), "edge", persistent=True, manual_ack=True)
-        inbox3 = Inbox(last)
-        assert await last.start()
-        assert await inbox3.quiet(1.0) == []
-        await last.stop()
+        await assert_nothing_kept(_url(mosquitto), "edge", manual_ack=True)
         await pub.stop()
 
     asyncio.run(scenario())
@@ -217,19 +222,13 @@ def test_qos2_with_manual_ack_is_taken_at_qos1_and_delivered_again_until_acked(m
         got = await inbox.wait(10)
         assert {m.qos for m in got} == {1}
         await sub.stop()  # nothing acked: the app stopped before its commit
-        back = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
-        inbox2 = Inbox(back)
-        assert await back.start()
+        back, inbox2 = await resume_session(_url(mosquitto), "edge2", manual_ack=True)
         again = await inbox2.wait(10)
         assert sorted(m.payload for m in again) == sorted(m.payload for m in got)
         back.ack_many(again)
         await asyncio.sleep(0.5)
         await back.stop()
-        third = AsyncMqtt(_url(mosquitto), "edge2", persistent=True, manual_ack=True)
-        inbox3 = Inbox(third)
-        assert await third.start()
-        assert await inbox3.quiet(1.0) == []
-        await third.stop()
+        await assert_nothing_kept(_url(mosquitto), "edge2", manual_ack=True)
         await pub.stop()
 
     asyncio.run(scenario())
@@ -339,11 +338,7 @@ def test_reading_resumes_after_a_reconnect_during_a_pause(mosquitto):
                 await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
         await sub.stop()
-        back = AsyncMqtt(_url(mosquitto), "edge-pr", persistent=True, manual_ack=True)
-        inbox2 = Inbox(back)
-        assert await back.start()
-        assert await inbox2.quiet(1.0) == []
-        await back.stop()
+        await assert_nothing_kept(_url(mosquitto), "edge-pr", manual_ack=True)
         await pub.stop()
 
     asyncio.run(scenario())

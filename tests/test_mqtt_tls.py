@@ -24,7 +24,7 @@ from edge.agent import Agent
 from edge.config import EdgeConfig
 from tests.conftest import run_cli, until, wait_for
 from tests.servers import Mosquitto
-from tests.test_mqtt_client import Inbox
+from tests.test_mqtt_client import Inbox, assert_nothing_kept
 
 
 @pytest.mark.integration
@@ -49,12 +49,7 @@ async def test_bulk_reader_over_tls_gets_every_message_once_in_order(tls_broker,
     await pub.stop()
     await sub.stop()
     # The same session again: what was acked over TLS is gone from the broker.
-    again = AsyncMqtt(url, "sub-tls", persistent=True, manual_ack=True, tls=tls)
-    inbox2 = Inbox(again)
-    await again.subscribe("t/#", 1)
-    assert await again.start()
-    assert await inbox2.quiet(1.0) == []
-    await again.stop()
+    await assert_nothing_kept(url, "sub-tls", manual_ack=True, tls=tls)
 
 
 @pytest.mark.integration
