@@ -6,17 +6,13 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from common.broker_config import BrokerConfig as SharedBrokerConfig
-from common.yamlconf import load_model
+from common.yamlconf import StrictModel as _Strict, load_model
 
 ENV_VAR = "POPLAR_COLLECTOR_CONFIG"
 DEFAULT_PATH = "/etc/poplar/collector.yaml"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class BrokerConfig(SharedBrokerConfig):

@@ -11,16 +11,13 @@ import os
 import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.mqtt import MqttUrl, TlsFiles
+from common.yamlconf import StrictModel as _Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _readable_file(path: str) -> str:
+def _existing_file(path: str) -> str:
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{path} does not exist (copy the file there or correct the path)")
@@ -39,7 +36,7 @@ class TlsConfig(_Strict):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _exists(cls, v: str | None) -> str | None:
-        return v if v is None else _readable_file(v)
+        return v if v is None else _existing_file(v)
 
     @field_validator("ca_file")
     @classmethod

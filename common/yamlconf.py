@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: an unknown key is an error (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ConfigError(Exception):

@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from common.broker_config import BrokerConfig as SharedBrokerConfig
 from common.wire import ID_PATTERN, WIRE_VERSION, WIRE_VERSIONS
-from common.yamlconf import load_model
+from common.yamlconf import StrictModel as _Strict, load_model
 
 ENV_VAR = "POPLAR_EDGE_CONFIG"
 DEFAULT_PATH = "/etc/poplar/edge.yaml"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class BrokerConfig(SharedBrokerConfig):
