@@ -18,8 +18,7 @@ from collector.sinks.influx1 import Influx1Sink
 from collector.validate import LineMaker
 from common import wire
 from common.wire import columnar
-from tests.conftest import run_cli
-from tests.test_collector_service import FakeEdge, _cfg
+from tests.test_collector_service import FakeEdge, _cfg, _serve
 
 TAGS = {"site": "s1", "gateway": "g1", "device": "m1"}
 
@@ -61,8 +60,7 @@ def test_running_collector_acks_a_batch_holding_a_lone_surrogate(tmp_path, centr
     raised, counted internal_errors and sent no ack at all: the edge resent the batch for ever
     and the two good points never reached InfluxDB."""
     cfg = _cfg(tmp_path, central_broker, influx.url, influx_db)
-    run_cli("poplar-collector", "gateways", "add", "g1", "--site", "s1", "--config", cfg)
-    spawn("poplar-collector", "run", "--config", cfg)
+    _serve(cfg, spawn, ("g1", "s1"))
     now = time.time_ns()
 
     async def scenario():
@@ -181,8 +179,7 @@ def test_a_group_larger_than_influxdb_max_body_size_is_written_not_retried_forev
     db = "big"
     influx.create_db(db)
     cfg = _cfg(tmp_path, central_broker, influx.url, db)
-    run_cli("poplar-collector", "gateways", "add", "g1", "--site", "s1", "--config", cfg)
-    spawn("poplar-collector", "run", "--config", cfg)
+    _serve(cfg, spawn, ("g1", "s1"))
     now = time.time_ns()
     text = "说明" * 500  # 1,000 characters, 3,000 bytes
     items = [["gate_event", TAGS, {f"s{k}": text for k in range(6)}, now + i] for i in range(5000)]

@@ -30,6 +30,13 @@ def _cfg(tmp_path, broker, influx_url, db, name="c.yaml", extra: str = "") -> st
     return cfg
 
 
+def _serve(cfg: str, spawn, *gateways: tuple[str, str]):
+    """Allow GATEWAYS ((name, site) pairs) in CFG's registry and run a collector on it."""
+    for gw, site in gateways:
+        run_cli("poplar-collector", "gateways", "add", gw, "--site", site, "--config", cfg)
+    return spawn("poplar-collector", "run", "--config", cfg)
+
+
 def _points(site, gw, n, start, device="m1"):
     return [Point("meter", {"site": site, "gateway": gw, "device": device}, {"voltage": 220.0 + i % 7, "i": i},
                   start + i) for i in range(n)]
@@ -67,9 +74,7 @@ class FakeEdge:
 
 def test_authorisation_validation_and_status(tmp_path, central_broker, influx, influx_db, spawn):
     cfg = _cfg(tmp_path, central_broker, influx.url, influx_db)
-    run_cli("poplar-collector", "gateways", "add", "gw1", "--site", "sunny", "--config", cfg)
-    run_cli("poplar-collector", "gateways", "add", "gw2", "--site", "sunny", "--config", cfg)
-    proc = spawn("poplar-collector", "run", "--config", cfg)
+    proc = _serve(cfg, spawn, ("gw1", "sunny"), ("gw2", "sunny"))
     now = time.time_ns()
 
     async def scenario():
@@ -145,8 +150,7 @@ def test_authorisation_validation_and_status(tmp_path, central_broker, influx, i
 def test_sink_down_means_no_ok_acks_then_recovery(tmp_path, central_broker, influx, influx_db, spawn):
     dead = f"http://127.0.0.1:{free_port()}"
     cfg = _cfg(tmp_path, central_broker, dead, influx_db)
-    run_cli("poplar-collector", "gateways", "add", "gw1", "--site", "sunny", "--config", cfg)
-    proc = spawn("poplar-collector", "run", "--config", cfg)
+    proc = _serve(cfg, spawn, ("gw1", "sunny"))
     now = time.time_ns()
 
     async def down():
@@ -234,8 +238,7 @@ def test_two_collectors_share_the_uplink_and_one_stops_mid_stream(tmp_path, cent
 def test_batch_limits_refuse_whole_batches(tmp_path, central_broker, influx, influx_db, spawn):
     cfg = _cfg(tmp_path, central_broker, influx.url, influx_db,
                extra="limits: {max_batch_bytes: 2048, max_points_per_batch: 10}\n")
-    run_cli("poplar-collector", "gateways", "add", "gw1", "--site", "sunny", "--config", cfg)
-    spawn("poplar-collector", "run", "--config", cfg)
+    _serve(cfg, spawn, ("gw1", "sunny"))
     now = time.time_ns()
 
     async def scenario():
@@ -268,8 +271,7 @@ def test_v1_and_v2_batches_are_both_written_alike(tmp_path, central_broker, infl
     """Gateways upgrade at other times than the collector: a v1 batch is still accepted, and the
     same points sent as v2 land in InfluxDB with the same values, types and refusals."""
     cfg = _cfg(tmp_path, central_broker, influx.url, influx_db)
-    run_cli("poplar-collector", "gateways", "add", "gw1", "--site", "sunny", "--config", cfg)
-    spawn("poplar-collector", "run", "--config", cfg)
+    _serve(cfg, spawn, ("gw1", "sunny"))
     now = time.time_ns()
 
     def pts(device: str) -> list[Point]:
