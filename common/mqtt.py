@@ -336,8 +336,7 @@ class AsyncMqtt:
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            hint = " (check the username and password)" if any(
-                w in str(reason_code).lower() for w in ("not authorized", "bad user")) else ""
+            hint = " (check the username and password)" if _login_refused(reason_code) else ""
             self.last_error = f"broker refused the connection: {reason_code}{hint}"
             log.warning("MQTT %s: %s", self.url, self.last_error)
             return
@@ -370,13 +369,16 @@ class AsyncMqtt:
         with self._lock:
             answered, self._online = self._online, False
         exc = self._client.socket_error
-        if exc is not None and not answered:  # the connection failed before the broker's CONNACK
-            self._set_error(connect_error_text(self.url, exc))
-        elif not answered and not self.last_error.startswith("broker refused"):
-            self._set_error(_closed_before_connack(self.url))
         # Keep a refusal (bad password, ACL) as the reason: "connection lost" after it would send
         # the installer looking at the network instead of the credentials.
-        elif (reason_code.is_failure or reason_code.value != 0) and not self.last_error.startswith("broker refused"):
+        refused = self.last_error.startswith("broker refused")
+        if exc is not None and not answered:  # the connection failed before the broker's CONNACK
+            self._set_error(connect_error_text(self.url, exc))
+        elif refused:
+            pass
+        elif not answered:
+            self._set_error(_closed_before_connack(self.url))
+        elif reason_code.is_failure or reason_code.value != 0:
             self.last_error = f"connection lost: {reason_code}"
         if self._loop and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._set_connected, False)
@@ -520,6 +522,12 @@ def _login_and_tls(client: paho.Client, url: MqttUrl, username: str | None, pass
             client.tls_insecure_set(True)
 
 
+def _login_refused(reason_code: object) -> bool:
+    """Whether a CONNACK refusal is about the username or password."""
+    text = str(reason_code).lower()
+    return "not authorized" in text or "bad user" in text
+
+
 def _closed_before_connack(url: MqttUrl) -> str:
     where = f"{url.host}:{url.port}"
     if url.tls:
@@ -596,7 +604,7 @@ def probe(url: MqttUrl, username: str | None = None, password: str | None = None
             return _closed_before_connack(url)
         return f"{url.host}:{url.port} accepted TCP but sent no MQTT answer within {timeout:.0f} s (is it an MQTT port?)"
     if rc.is_failure:
-        if "not authorized" in str(rc).lower() or "bad user" in str(rc).lower():
+        if _login_refused(rc):
             return f"the broker refused the login ({rc}): check username and password"
         return f"the broker refused the connection: {rc}"
     return None

@@ -343,7 +343,7 @@ def point_json(point: Point) -> str:
         if b"null" not in out:
             return out.decode()
     out_text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    if out_text.isascii() or out_text.isprintable() or is_utf8(out_text):
+    if is_utf8(out_text):
         return out_text
     # A lone surrogate (a source's "\ud800" escape) has no UTF-8 form: keep it escaped, so the
     # outbox can store the point and the collector refuses it by name (invalid_unicode).
